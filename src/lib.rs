@@ -38,8 +38,7 @@ pub use params::{AdexParameters, Param};
 pub use reference::{
     lif_adex_current_encoder, lif_adex_current_encoder_norse_1_1_0,
     lif_adex_current_encoder_norse_1_1_0_seq, lif_adex_current_encoder_seq,
-    lif_adex_feed_forward_seq, lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step,
-    Sequence,
+    lif_adex_feed_forward_seq, lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step, Sequence,
 };
 pub use state::{EncoderState, FeedForwardState, RecurrentState};
 pub use surrogate::{threshold, SurrogateMethod};

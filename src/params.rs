@@ -224,8 +224,10 @@ impl AdexParameters {
     /// inverse time constants `>= 0`, `alpha > 0`, `dt > 0`, tensors of rank 0 or 1 with a float
     /// dtype. Errors name the field and the rule.
     pub fn validate(&self) -> Result<()> {
-        for (name, value, rule) in [("dt", self.dt, Rule::Positive), ("alpha", self.alpha, Rule::Positive)]
-        {
+        for (name, value, rule) in [
+            ("dt", self.dt, Rule::Positive),
+            ("alpha", self.alpha, Rule::Positive),
+        ] {
             check_value(name, value, rule, None)?;
         }
         for (name, param, rule) in self.fields() {

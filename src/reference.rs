@@ -157,7 +157,10 @@ impl Coeffs {
     /// `v_dec = v + dt*tau_mem_inv*(((v_leak - v) + delta_T*exp((v - v_th)/delta_T)) + drive - a)`
     fn membrane(&self, v: &Tensor, drive: &Tensor, a: &Tensor) -> Result<Tensor> {
         let u = v.broadcast_sub(&self.v_th)?.broadcast_div(&self.delta_t)?;
-        let exp_term = u.minimum(self.exp_cap)?.exp()?.broadcast_mul(&self.delta_t)?;
+        let exp_term = u
+            .minimum(self.exp_cap)?
+            .exp()?
+            .broadcast_mul(&self.delta_t)?;
         let bracket = ((self.v_leak.broadcast_sub(v)? + exp_term)? + drive)?.sub(a)?;
         v + bracket.broadcast_mul(&self.c_mem)?
     }
@@ -177,7 +180,11 @@ impl Coeffs {
 
     /// `z = threshold(v_dec - v_spike)`, with the mask of spiking neurons.
     fn spike(&self, v_dec: &Tensor) -> Result<(Tensor, Tensor)> {
-        threshold_with_mask(&v_dec.broadcast_sub(&self.v_spike)?, self.method, self.alpha)
+        threshold_with_mask(
+            &v_dec.broadcast_sub(&self.v_spike)?,
+            self.method,
+            self.alpha,
+        )
     }
 
     /// `v_new = (1 - z)*v_dec + z*v_reset`, evaluated as a select (so that an infinite `v_dec`
@@ -270,7 +277,9 @@ fn check_same(op: &str, items: &[(&str, &Tensor)], shape: Option<&Shape>) -> Res
 fn neurons(op: &str, t: &Tensor) -> Result<usize> {
     match t.dims().last() {
         Some(&n) => Ok(n),
-        None => bail!("{op}: the state must have at least one dimension (the neurons), got a scalar"),
+        None => {
+            bail!("{op}: the state must have at least one dimension (the neurons), got a scalar")
+        }
     }
 }
 
@@ -461,7 +470,11 @@ fn check_weights(
     w_in: &Tensor,
     w_rec: &Tensor,
 ) -> Result<()> {
-    let items = [("state", state), ("input_weights", w_in), ("recurrent_weights", w_rec)];
+    let items = [
+        ("state", state),
+        ("input_weights", w_in),
+        ("recurrent_weights", w_rec),
+    ];
     check_same(op, &items, None)?;
     let n = neurons(op, state)?;
     let Some(&i) = x_dims.last() else {
@@ -537,7 +550,12 @@ pub fn lif_adex_step(
     let cd = compute_dtype(x.dtype());
     let c = Coeffs::new(p, neurons(OP, &list[0])?, cd, x.device())?;
     let x_proj = linear(&x.to_dtype(cd)?, &input_weights.to_dtype(cd)?)?;
-    let (z, next) = recurrent_kernel(&c, &x_proj, &recurrent_weights.to_dtype(cd)?, &cast_all(&list, cd)?)?;
+    let (z, next) = recurrent_kernel(
+        &c,
+        &x_proj,
+        &recurrent_weights.to_dtype(cd)?,
+        &cast_all(&list, cd)?,
+    )?;
     Ok((
         z.to_dtype(x.dtype())?,
         RecurrentState::from_list(cast_all(&next, x.dtype())?),
@@ -572,7 +590,13 @@ pub fn lif_adex_seq(
     check_sequence_input(OP, xs)?;
     let list = state.to_list();
     check_step::<RecurrentState>(OP, xs, &xs.dims()[1..], &list, false)?;
-    check_weights(OP, &xs.dims()[1..], &list[0], input_weights, recurrent_weights)?;
+    check_weights(
+        OP,
+        &xs.dims()[1..],
+        &list[0],
+        input_weights,
+        recurrent_weights,
+    )?;
     let cd = compute_dtype(xs.dtype());
     let c = Coeffs::new(p, neurons(OP, &list[0])?, cd, xs.device())?;
     let x_proj = linear(&xs.to_dtype(cd)?, &input_weights.to_dtype(cd)?)?;
@@ -640,7 +664,14 @@ pub fn lif_adex_current_encoder_seq(
     p: &AdexParameters,
     record_states: bool,
 ) -> Result<Sequence<EncoderState>> {
-    encoder_seq_with(xs, state, p, record_states, "lif_adex_current_encoder_seq", encoder_kernel)
+    encoder_seq_with(
+        xs,
+        state,
+        p,
+        record_states,
+        "lif_adex_current_encoder_seq",
+        encoder_kernel,
+    )
 }
 
 /// norse 1.1.0's `lif_adex_current_encoder`, defect included, for validating ports against norse.

@@ -41,7 +41,12 @@ pub struct EncoderState {
 }
 
 /// `v_leak` broadcast to `shape` (whose last dimension is the neuron count).
-fn leak_potential(p: &AdexParameters, shape: &Shape, dtype: DType, device: &Device) -> Result<Tensor> {
+fn leak_potential(
+    p: &AdexParameters,
+    shape: &Shape,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     check_float(dtype, "initial state")?;
     let n = shape.dims().last().copied().unwrap_or(1);
     p.validate_for(n, device)?;
@@ -79,7 +84,11 @@ impl FeedForwardState {
         let shape = shape.into();
         let v = leak_potential(p, &shape, dtype, device)?;
         let zeros = Tensor::zeros(&shape, dtype, device)?;
-        Ok(FeedForwardState { v, i: zeros.clone(), a: zeros })
+        Ok(FeedForwardState {
+            v,
+            i: zeros.clone(),
+            a: zeros,
+        })
     }
 
     /// The tensors in the order `(v, i, a)`.
@@ -107,7 +116,12 @@ impl RecurrentState {
         let shape = shape.into();
         let v = leak_potential(p, &shape, dtype, device)?;
         let zeros = Tensor::zeros(&shape, dtype, device)?;
-        Ok(RecurrentState { z: zeros.clone(), v, i: zeros.clone(), a: zeros })
+        Ok(RecurrentState {
+            z: zeros.clone(),
+            v,
+            i: zeros.clone(),
+            a: zeros,
+        })
     }
 
     /// The tensors in the order `(z, v, i, a)`.
