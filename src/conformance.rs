@@ -334,7 +334,6 @@ impl Case<'_> {
     }
 
     /// Compares states elementwise; see the module docs for the rules.
-    #[allow(clippy::too_many_arguments)]
     fn compare(
         &self,
         ours: [&Tensor; 4],

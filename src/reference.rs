@@ -284,7 +284,7 @@ fn neurons(op: &str, t: &Tensor) -> Result<usize> {
 }
 
 /// Names of a state's tensors, prefixed with `state.`.
-fn state_items<'a, S: StateTensors>(list: &'a [Tensor]) -> Vec<(String, &'a Tensor)> {
+fn state_items<S: StateTensors>(list: &[Tensor]) -> Vec<(String, &Tensor)> {
     S::NAMES
         .iter()
         .zip(list)

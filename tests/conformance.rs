@@ -6,11 +6,21 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/norse").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/norse")
+        .join(name)
 }
 
 const GROUPS: [&str; 9] = [
-    "ff_step", "ff_seq", "rec_seq", "encoder_seq", "threshold", "bptt", "lowp", "modules", "edge",
+    "ff_step",
+    "ff_seq",
+    "rec_seq",
+    "encoder_seq",
+    "threshold",
+    "bptt",
+    "lowp",
+    "modules",
+    "edge",
 ];
 
 #[test]
@@ -37,20 +47,41 @@ fn every_golden_case_passes_and_only_modules_skip() {
 #[test]
 fn measures_are_meaningful() {
     let reports = GoldenFile::open(&data("bptt.safetensors")).unwrap().run();
-    let r = reports.iter().find(|r| r.case == "super_a100_f64_perneuron_pgrad").unwrap();
+    let r = reports
+        .iter()
+        .find(|r| r.case == "super_a100_f64_perneuron_pgrad")
+        .unwrap();
     let names: Vec<_> = r.measures.iter().map(|m| m.name.as_str()).collect();
-    for field in ["grad_input", "grad_v0", "grad_p.tau_mem_inv", "grad_p.v_th", "grad_p.delta_T"] {
+    for field in [
+        "grad_input",
+        "grad_v0",
+        "grad_p.tau_mem_inv",
+        "grad_p.v_th",
+        "grad_p.delta_T",
+    ] {
         assert!(names.contains(&field), "{names:?}");
     }
     for m in &r.measures {
         if let Some(tol) = m.tol {
-            assert!(m.value <= tol && tol < 1e-10, "{}: {} / {tol}", m.name, m.value);
+            assert!(
+                m.value <= tol && tol < 1e-10,
+                "{}: {} / {tol}",
+                m.name,
+                m.value
+            );
         }
     }
     let edge = GoldenFile::open(&data("edge.safetensors")).unwrap().run();
     let large_v0 = edge.iter().find(|r| r.case == "ff_large_v0_f32").unwrap();
-    let fixed = large_v0.measures.iter().find(|m| m.name == "fixed").unwrap();
-    assert!(fixed.value >= 4.0, "norse's NaN after exp overflow must come out finite");
+    let fixed = large_v0
+        .measures
+        .iter()
+        .find(|m| m.name == "fixed")
+        .unwrap();
+    assert!(
+        fixed.value >= 4.0,
+        "norse's NaN after exp overflow must come out finite"
+    );
 }
 
 /// Rewrites a golden file with `edit` applied to its tensors (metadata kept).
@@ -61,7 +92,11 @@ fn rewrite(name: &str, edit: impl FnOnce(&mut HashMap<String, Vec<f32>>)) -> Vec
     let mut f32s: HashMap<String, Vec<f32>> = HashMap::new();
     for (k, v) in st.tensors() {
         if v.dtype() == safetensors::Dtype::F32 {
-            let vals = v.data().chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let vals = v
+                .data()
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             f32s.insert(k.clone(), vals);
         }
     }
@@ -79,7 +114,12 @@ fn rewrite(name: &str, edit: impl FnOnce(&mut HashMap<String, Vec<f32>>)) -> Vec
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
-        .map(|(k, d, s, b)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .map(|(k, d, s, b)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, meta.metadata().clone()).unwrap()
 }
@@ -91,7 +131,11 @@ fn a_wrong_value_fails_its_case() {
     });
     let reports = GoldenFile::from_bytes(&bytes).unwrap().run();
     for r in reports {
-        let expected = if r.case == "f32_default" { Outcome::Fail } else { Outcome::Pass };
+        let expected = if r.case == "f32_default" {
+            Outcome::Fail
+        } else {
+            Outcome::Pass
+        };
         assert_eq!(r.outcome, expected, "{r}");
     }
     // a flipped spike far from threshold is caught too
@@ -114,20 +158,30 @@ fn a_wrong_value_fails_its_case() {
 #[test]
 fn damaged_files_give_clear_errors() {
     let bytes = std::fs::read(data("ff_step.safetensors")).unwrap();
-    let truncated = GoldenFile::from_bytes(&bytes[..bytes.len() / 2]).err().unwrap();
+    let truncated = GoldenFile::from_bytes(&bytes[..bytes.len() / 2])
+        .err()
+        .unwrap();
     assert!(truncated.to_string().contains("invalid"), "{truncated}");
-    let garbage = GoldenFile::from_bytes(b"not a safetensors file at all").err().unwrap();
-    assert!(garbage.to_string().contains("invalid safetensors header"), "{garbage}");
+    let garbage = GoldenFile::from_bytes(b"not a safetensors file at all")
+        .err()
+        .unwrap();
+    assert!(
+        garbage.to_string().contains("invalid safetensors header"),
+        "{garbage}"
+    );
     let empty = GoldenFile::from_bytes(&[]).err().unwrap();
     assert!(!empty.to_string().is_empty());
     // a valid safetensors file that is not a golden file
     let t = candle_core::Tensor::new(&[1f32, 2.], &candle_core::Device::Cpu).unwrap();
-    let path = std::env::temp_dir().join(format!("adex-foreign-{}.safetensors", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("adex-foreign-{}.safetensors", std::process::id()));
     candle_core::safetensors::save(&HashMap::from([("x".to_string(), t)]), &path).unwrap();
     let foreign = GoldenFile::open(&path).err().unwrap().to_string();
     std::fs::remove_file(&path).ok();
     assert!(foreign.contains("norse-adex-golden/1"), "{foreign}");
-    let missing = GoldenFile::open(Path::new("/nonexistent/x.safetensors")).err().unwrap();
+    let missing = GoldenFile::open(Path::new("/nonexistent/x.safetensors"))
+        .err()
+        .unwrap();
     assert!(missing.to_string().contains("cannot read"));
 }
 
@@ -140,7 +194,16 @@ fn a_case_lacking_a_tensor_fails_with_a_message() {
     let views: Vec<(String, safetensors::tensor::TensorView)> = st
         .tensors()
         .into_iter()
-        .map(|(k, v)| (if k == "f32_default/out_i" { "f32_default/renamed".into() } else { k }, v))
+        .map(|(k, v)| {
+            (
+                if k == "f32_default/out_i" {
+                    "f32_default/renamed".into()
+                } else {
+                    k
+                },
+                v,
+            )
+        })
         .collect();
     let bytes = safetensors::serialize(views, meta.metadata().clone()).unwrap();
     let reports = GoldenFile::from_bytes(&bytes).unwrap().run();
@@ -152,8 +215,15 @@ fn a_case_lacking_a_tensor_fails_with_a_message() {
 #[test]
 fn the_adex_binary_reports_and_exits_nonzero_on_failure() {
     let bin = env!("CARGO_BIN_EXE_adex");
-    let files: Vec<PathBuf> = GROUPS.iter().map(|g| data(&format!("{g}.safetensors"))).collect();
-    let out = std::process::Command::new(bin).arg("conformance").args(&files).output().unwrap();
+    let files: Vec<PathBuf> = GROUPS
+        .iter()
+        .map(|g| data(&format!("{g}.safetensors")))
+        .collect();
+    let out = std::process::Command::new(bin)
+        .arg("conformance")
+        .args(&files)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(out.status.success(), "{stdout}");
     let last = stdout.lines().last().unwrap();

@@ -9,10 +9,14 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 
 /// Deterministic pseudo-random values in [lo, hi).
 fn values(n: usize, seed: u64, lo: f64, hi: f64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             lo + (hi - lo) * ((s >> 11) as f64 / (1u64 << 53) as f64)
         })
         .collect()
@@ -74,7 +78,11 @@ fn params(p: &[Tensor], method: SurrogateMethod) -> AdexParameters {
 
 /// loss = sum(v_T * h) + sum(a_T) + sum(i_T * 0.1) + sum(z * g), and the spikes.
 fn loss(inp: &Inputs, method: SurrogateMethod) -> Result<(Tensor, Vec<f64>)> {
-    let s0 = FeedForwardState { v: inp.v0.clone(), i: inp.i0.clone(), a: inp.a0.clone() };
+    let s0 = FeedForwardState {
+        v: inp.v0.clone(),
+        i: inp.i0.clone(),
+        a: inp.a0.clone(),
+    };
     let out = lif_adex_feed_forward_seq(&inp.xs, &s0, &params(&inp.p, method), false)?;
     let h = tensor(B * N, &[B, N], 20, -1.0, 1.0);
     let g = tensor(T * B * N, &[T, B, N], 21, -1.0, 1.0);
@@ -106,11 +114,28 @@ fn feed_forward_gradients_match_finite_differences() -> Result<()> {
     };
     let (l, _) = loss(&inp, SurrogateMethod::Heaviside)?;
     let grads = l.backward()?;
-    let names = ["input", "v0", "i0", "a0", "adaptation_current", "adaptation_spike", "delta_T",
-        "tau_ada_inv", "tau_syn_inv", "tau_mem_inv", "v_leak", "v_th", "v_reset"];
+    let names = [
+        "input",
+        "v0",
+        "i0",
+        "a0",
+        "adaptation_current",
+        "adaptation_spike",
+        "delta_T",
+        "tau_ada_inv",
+        "tau_syn_inv",
+        "tau_mem_inv",
+        "v_leak",
+        "v_th",
+        "v_reset",
+    ];
     let mut checked = 0;
     for (k, name) in names.iter().enumerate() {
-        let auto = grads.get(&tv[k]).expect(name).flatten_all()?.to_vec1::<f64>()?;
+        let auto = grads
+            .get(&tv[k])
+            .expect(name)
+            .flatten_all()?
+            .to_vec1::<f64>()?;
         let flat = tv[k].flatten_all()?.to_vec1::<f64>()?;
         for e in 0..flat.len() {
             let h = 1e-6 * flat[e].abs().max(1e-2);
@@ -119,7 +144,13 @@ fn feed_forward_gradients_match_finite_differences() -> Result<()> {
                 moved[e] += delta;
                 let mut all: Vec<Tensor> = tv.iter().map(|t| t.detach()).collect();
                 all[k] = Tensor::from_vec(moved, tv[k].dims(), &Device::Cpu)?;
-                let inp = Inputs { xs: all[0].clone(), v0: all[1].clone(), i0: all[2].clone(), a0: all[3].clone(), p: all[4..].to_vec() };
+                let inp = Inputs {
+                    xs: all[0].clone(),
+                    v0: all[1].clone(),
+                    i0: all[2].clone(),
+                    a0: all[3].clone(),
+                    p: all[4..].to_vec(),
+                };
                 let (l, z) = loss(&inp, SurrogateMethod::Heaviside)?;
                 Ok((l.to_scalar::<f64>()?, z))
             };
@@ -129,7 +160,11 @@ fn feed_forward_gradients_match_finite_differences() -> Result<()> {
             }
             let fd = (lp - lm) / (2.0 * h);
             let err = (fd - auto[e]).abs() / auto[e].abs().max(1.0);
-            assert!(err < 1e-6, "{name}[{e}]: autograd {} vs finite difference {fd}", auto[e]);
+            assert!(
+                err < 1e-6,
+                "{name}[{e}]: autograd {} vs finite difference {fd}",
+                auto[e]
+            );
             checked += 1;
         }
     }
@@ -151,14 +186,22 @@ fn subthreshold_triangle_gradient_is_the_true_derivative() -> Result<()> {
         ..Default::default()
     };
     let f = |x: &Tensor| -> Result<Tensor> {
-        let s0 = FeedForwardState { v: inp.v0.clone(), i: inp.i0.clone(), a: inp.a0.clone() };
+        let s0 = FeedForwardState {
+            v: inp.v0.clone(),
+            i: inp.i0.clone(),
+            a: inp.a0.clone(),
+        };
         let out = lif_adex_feed_forward_seq(x, &s0, &p, false)?;
         assert_eq!(out.spikes.sum_all()?.to_scalar::<f64>()?, 0.0);
         (out.state.v.sum_all()? + out.state.a.sum_all()?)?.sum_all()
     };
     let xv = Var::from_tensor(&inp.xs)?;
     let grads = f(xv.as_tensor())?.backward()?;
-    let auto = grads.get(xv.as_tensor()).unwrap().flatten_all()?.to_vec1::<f64>()?;
+    let auto = grads
+        .get(xv.as_tensor())
+        .unwrap()
+        .flatten_all()?
+        .to_vec1::<f64>()?;
     let flat = inp.xs.flatten_all()?.to_vec1::<f64>()?;
     for e in (0..flat.len()).step_by(7) {
         let eval = |d: f64| -> Result<f64> {
@@ -176,10 +219,15 @@ fn subthreshold_triangle_gradient_is_the_true_derivative() -> Result<()> {
 #[test]
 fn recurrent_weight_gradients_match_finite_differences() -> Result<()> {
     let (i_in, n) = (4, 6);
-    let xs = tensor(T * B * i_in, &[T, B, i_in], 30, 0.0, 1.0).ge(0.6)?.to_dtype(DType::F64)?;
+    let xs = tensor(T * B * i_in, &[T, B, i_in], 30, 0.0, 1.0)
+        .ge(0.6)?
+        .to_dtype(DType::F64)?;
     let w_in = tensor(n * i_in, &[n, i_in], 31, 0.0, 1.5);
     let w_rec = tensor(n * n, &[n, n], 32, -0.5, 0.5);
-    let p = AdexParameters { method: SurrogateMethod::Heaviside, ..Default::default() };
+    let p = AdexParameters {
+        method: SurrogateMethod::Heaviside,
+        ..Default::default()
+    };
     let s0 = RecurrentState::initial(&p, (B, n), DType::F64, &Device::Cpu)?;
     let h = tensor(B * n, &[B, n], 33, -1.0, 1.0);
     let f = |w_in: &Tensor, w_rec: &Tensor| -> Result<(Tensor, Vec<f64>)> {
@@ -193,7 +241,13 @@ fn recurrent_weight_gradients_match_finite_differences() -> Result<()> {
     let grads = l.backward()?;
     let mut checked = 0;
     for (which, w) in [(0, &w_in), (1, &w_rec)] {
-        let auto = grads.get(if which == 0 { wi.as_tensor() } else { wr.as_tensor() }).unwrap();
+        let auto = grads
+            .get(if which == 0 {
+                wi.as_tensor()
+            } else {
+                wr.as_tensor()
+            })
+            .unwrap();
         let auto = auto.flatten_all()?.to_vec1::<f64>()?;
         let flat = w.flatten_all()?.to_vec1::<f64>()?;
         for e in 0..flat.len() {
@@ -201,7 +255,11 @@ fn recurrent_weight_gradients_match_finite_differences() -> Result<()> {
                 let mut m = flat.clone();
                 m[e] += d;
                 let moved = Tensor::from_vec(m, w.dims(), &Device::Cpu)?;
-                let (l, z) = if which == 0 { f(&moved, &w_rec)? } else { f(&w_in, &moved)? };
+                let (l, z) = if which == 0 {
+                    f(&moved, &w_rec)?
+                } else {
+                    f(&w_in, &moved)?
+                };
                 Ok((l.to_scalar::<f64>()?, z))
             };
             let ((lp, zp), (lm, zm)) = (eval(1e-7)?, eval(-1e-7)?);
@@ -209,7 +267,11 @@ fn recurrent_weight_gradients_match_finite_differences() -> Result<()> {
                 continue;
             }
             let fd = (lp - lm) / 2e-7;
-            assert!((fd - auto[e]).abs() / auto[e].abs().max(1.0) < 1e-5, "w{which}[{e}]: {} vs {fd}", auto[e]);
+            assert!(
+                (fd - auto[e]).abs() / auto[e].abs().max(1.0) < 1e-5,
+                "w{which}[{e}]: {} vs {fd}",
+                auto[e]
+            );
             checked += 1;
         }
     }

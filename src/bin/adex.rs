@@ -5,7 +5,9 @@
 //! adex conformance FILE...     replay norse golden files and report errors per case
 //! ```
 
-use candle_adex::{conformance, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
+use candle_adex::{
+    conformance, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param,
+};
 use candle_core::{DType, Device, Tensor};
 use std::io::Write;
 use std::process::ExitCode;
@@ -68,7 +70,9 @@ fn print(text: &str) -> ExitCode {
 
 fn conformance_cmd(files: &[String]) -> Result<ExitCode, String> {
     if files.is_empty() {
-        return Err(format!("conformance needs at least one file\n\n{CONFORMANCE_HELP}"));
+        return Err(format!(
+            "conformance needs at least one file\n\n{CONFORMANCE_HELP}"
+        ));
     }
     let mut all = vec![];
     let mut unreadable = false;
@@ -88,7 +92,11 @@ fn conformance_cmd(files: &[String]) -> Result<ExitCode, String> {
     }
     let (passed, failed, skipped) = conformance::summarize(&all);
     println!("{passed} passed, {failed} failed, {skipped} skipped");
-    Ok(if failed > 0 || unreadable { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 || unreadable {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Options of `simulate`.
@@ -158,7 +166,11 @@ fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
                     "f64" => DType::F64,
                     "f16" => DType::F16,
                     "bf16" => DType::BF16,
-                    _ => return Err(format!("--dtype: expected f32, f64, f16 or bf16, got {value:?}")),
+                    _ => {
+                        return Err(format!(
+                            "--dtype: expected f32, f64, f16 or bf16, got {value:?}"
+                        ))
+                    }
                 }
             }
             _ => return Err(format!("unknown option {flag} (see adex simulate --help)")),
@@ -228,9 +240,20 @@ fn run_simulation(o: &SimOptions) -> candle_core::Result<()> {
     for begin in (0..o.steps).step_by(chunk) {
         let len = chunk.min(o.steps - begin);
         let out = lif_adex_feed_forward_seq(&xs.narrow(0, begin, len)?, &state, &p, false)?;
-        spikes.extend(out.spikes.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        spikes.extend(
+            out.spikes
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
         state = out.state;
-        a_trace_mean.push(state.a.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()?);
+        a_trace_mean.push(
+            state
+                .a
+                .to_dtype(DType::F64)?
+                .mean_all()?
+                .to_scalar::<f64>()?,
+        );
         if start.elapsed().as_secs_f64() > 0.5 {
             let done = begin + len;
             let bar = "#".repeat(30 * done / o.steps);
@@ -246,15 +269,24 @@ fn run_simulation(o: &SimOptions) -> candle_core::Result<()> {
     let stats = SpikeStats::new(&spikes, o.steps, n, o.dt);
     let final_a = state.a.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     println!("  neurons               {n}");
-    println!("  steps                 {} ({seconds} s simulated)", o.steps);
+    println!(
+        "  steps                 {} ({seconds} s simulated)",
+        o.steps
+    );
     println!("  wall time             {wall:.3} s");
-    println!("  throughput            {:.3e} neuron-steps/s", (n * o.steps) as f64 / wall);
+    println!(
+        "  throughput            {:.3e} neuron-steps/s",
+        (n * o.steps) as f64 / wall
+    );
     println!("  spikes                {}", stats.total);
     println!(
         "  firing rate (Hz)      mean {:.2}  p10 {:.2}  median {:.2}  p90 {:.2}  max {:.2}",
         stats.mean_rate, stats.rate_p[0], stats.rate_p[1], stats.rate_p[2], stats.rate_p[3]
     );
-    println!("  silent neurons        {:.1} %", 100.0 * stats.silent_fraction);
+    println!(
+        "  silent neurons        {:.1} %",
+        100.0 * stats.silent_fraction
+    );
     match stats.cv {
         Some(cv) => println!(
             "  ISI CV                mean {cv:.3} over {} neurons with >= 3 spikes",
