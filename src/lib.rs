@@ -42,3 +42,8 @@ pub use reference::{
 };
 pub use state::{EncoderState, FeedForwardState, RecurrentState};
 pub use surrogate::{threshold, SurrogateMethod};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
