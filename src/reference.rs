@@ -404,16 +404,13 @@ pub fn lif_adex_feed_forward_step(
     state: &FeedForwardState,
     p: &AdexParameters,
 ) -> Result<(Tensor, FeedForwardState)> {
-    const OP: &str = "lif_adex_feed_forward_step";
-    let list = state.to_list();
-    check_step::<FeedForwardState>(OP, x, x.dims(), &list, true)?;
-    let cd = compute_dtype(x.dtype());
-    let c = Coeffs::new(p, neurons(OP, &list[0])?, cd, x.device())?;
-    let (z, next) = feed_forward_kernel(&c, &x.to_dtype(cd)?, &cast_all(&list, cd)?)?;
-    Ok((
-        z.to_dtype(x.dtype())?,
-        FeedForwardState::from_list(cast_all(&next, x.dtype())?),
-    ))
+    step_with(
+        x,
+        state,
+        p,
+        "lif_adex_feed_forward_step",
+        feed_forward_kernel,
+    )
 }
 
 /// The feed-forward step on compute-dtype tensors `[v, i, a]`.
@@ -447,18 +444,13 @@ pub fn lif_adex_feed_forward_seq(
     p: &AdexParameters,
     record_states: bool,
 ) -> Result<Sequence<FeedForwardState>> {
-    const OP: &str = "lif_adex_feed_forward_seq";
-    check_sequence_input(OP, xs)?;
-    let list = state.to_list();
-    check_step::<FeedForwardState>(OP, xs, &xs.dims()[1..], &list, true)?;
-    let cd = compute_dtype(xs.dtype());
-    let c = Coeffs::new(p, neurons(OP, &list[0])?, cd, xs.device())?;
-    run_sequence(
-        &xs.to_dtype(cd)?,
-        cast_all(&list, cd)?,
+    seq_with(
+        xs,
+        state,
+        p,
         record_states,
-        xs.dtype(),
-        |x, s| feed_forward_kernel(&c, x, s),
+        "lif_adex_feed_forward_seq",
+        feed_forward_kernel,
     )
 }
 
@@ -643,7 +635,7 @@ pub fn lif_adex_current_encoder(
     state: &EncoderState,
     p: &AdexParameters,
 ) -> Result<(Tensor, EncoderState)> {
-    encoder_step_with(x, state, p, "lif_adex_current_encoder", encoder_kernel)
+    step_with(x, state, p, "lif_adex_current_encoder", encoder_kernel)
 }
 
 /// The current encoder over a time-first input `xs [T, ..., N]`.
@@ -664,7 +656,7 @@ pub fn lif_adex_current_encoder_seq(
     p: &AdexParameters,
     record_states: bool,
 ) -> Result<Sequence<EncoderState>> {
-    encoder_seq_with(
+    seq_with(
         xs,
         state,
         p,
@@ -696,7 +688,7 @@ pub fn lif_adex_current_encoder_norse_1_1_0(
     state: &EncoderState,
     p: &AdexParameters,
 ) -> Result<(Tensor, EncoderState)> {
-    encoder_step_with(
+    step_with(
         x,
         state,
         p,
@@ -712,7 +704,7 @@ pub fn lif_adex_current_encoder_norse_1_1_0_seq(
     p: &AdexParameters,
     record_states: bool,
 ) -> Result<Sequence<EncoderState>> {
-    encoder_seq_with(
+    seq_with(
         xs,
         state,
         p,
@@ -731,35 +723,37 @@ fn norse_encoder_kernel(c: &Coeffs, x: &Tensor, s: &[Tensor]) -> Result<(Tensor,
 /// A step on compute-dtype tensors: `(coefficients, input, state) -> (spikes, new state)`.
 type Kernel = fn(&Coeffs, &Tensor, &[Tensor]) -> Result<(Tensor, Vec<Tensor>)>;
 
-fn encoder_step_with(
+/// One step of an elementwise neuron (input shaped like the state) through `kernel`.
+fn step_with<S: StateTensors>(
     x: &Tensor,
-    state: &EncoderState,
+    state: &S,
     p: &AdexParameters,
     op: &str,
     kernel: Kernel,
-) -> Result<(Tensor, EncoderState)> {
+) -> Result<(Tensor, S)> {
     let list = state.to_list();
-    check_step::<EncoderState>(op, x, x.dims(), &list, true)?;
+    check_step::<S>(op, x, x.dims(), &list, true)?;
     let cd = compute_dtype(x.dtype());
     let c = Coeffs::new(p, neurons(op, &list[0])?, cd, x.device())?;
     let (z, next) = kernel(&c, &x.to_dtype(cd)?, &cast_all(&list, cd)?)?;
     Ok((
         z.to_dtype(x.dtype())?,
-        EncoderState::from_list(cast_all(&next, x.dtype())?),
+        S::from_list(cast_all(&next, x.dtype())?),
     ))
 }
 
-fn encoder_seq_with(
+/// A time-first sequence of an elementwise neuron through `kernel`.
+fn seq_with<S: StateTensors>(
     xs: &Tensor,
-    state: &EncoderState,
+    state: &S,
     p: &AdexParameters,
     record_states: bool,
     op: &str,
     kernel: Kernel,
-) -> Result<Sequence<EncoderState>> {
+) -> Result<Sequence<S>> {
     check_sequence_input(op, xs)?;
     let list = state.to_list();
-    check_step::<EncoderState>(op, xs, &xs.dims()[1..], &list, true)?;
+    check_step::<S>(op, xs, &xs.dims()[1..], &list, true)?;
     let cd = compute_dtype(xs.dtype());
     let c = Coeffs::new(p, neurons(op, &list[0])?, cd, xs.device())?;
     run_sequence(
