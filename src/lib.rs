@@ -29,6 +29,7 @@
 //! ```
 
 pub mod conformance;
+pub mod fused;
 pub mod params;
 pub mod reference;
 pub mod state;

@@ -233,7 +233,7 @@ impl Coeffs {
 }
 
 /// `x [..., I] W^T` for `W [N, I]`: `[..., N]`.
-fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, i) = w.dims2()?;
     let mut out_dims = x.dims().to_vec();
     *out_dims.last_mut().expect("rank >= 1") = n;
@@ -242,7 +242,7 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 /// Checks that every named tensor has a float dtype equal to the first one's, lives on its device
 /// and (when `shape` is given) has that shape.
-fn check_same(op: &str, items: &[(&str, &Tensor)], shape: Option<&Shape>) -> Result<()> {
+pub(crate) fn check_same(op: &str, items: &[(&str, &Tensor)], shape: Option<&Shape>) -> Result<()> {
     let (first_name, first) = items[0];
     check_float(first.dtype(), &format!("{op}: {first_name}"))?;
     for (name, t) in items {
@@ -274,7 +274,7 @@ fn check_same(op: &str, items: &[(&str, &Tensor)], shape: Option<&Shape>) -> Res
 }
 
 /// The number of neurons of a state tensor (its last dimension).
-fn neurons(op: &str, t: &Tensor) -> Result<usize> {
+pub(crate) fn neurons(op: &str, t: &Tensor) -> Result<usize> {
     match t.dims().last() {
         Some(&n) => Ok(n),
         None => {
@@ -294,7 +294,7 @@ fn state_items<S: StateTensors>(list: &[Tensor]) -> Vec<(String, &Tensor)> {
 
 /// Validates `x` (one step, `[..., K]`) and a state list against each other; returns the state
 /// shape. `input_matches_state` requires `x` to have the state's shape (feed-forward, encoder).
-fn check_step<S: StateTensors>(
+pub(crate) fn check_step<S: StateTensors>(
     op: &str,
     x: &Tensor,
     x_dims: &[usize],
@@ -319,7 +319,7 @@ fn check_step<S: StateTensors>(
 }
 
 /// Converts every tensor of a list to `dtype`.
-fn cast_all(list: &[Tensor], dtype: DType) -> Result<Vec<Tensor>> {
+pub(crate) fn cast_all(list: &[Tensor], dtype: DType) -> Result<Vec<Tensor>> {
     list.iter().map(|t| t.to_dtype(dtype)).collect()
 }
 
@@ -374,7 +374,7 @@ fn run_sequence<S: StateTensors>(
 }
 
 /// Splits a sequence input `[T, ...]` into its time length and checks its rank.
-fn check_sequence_input(op: &str, xs: &Tensor) -> Result<()> {
+pub(crate) fn check_sequence_input(op: &str, xs: &Tensor) -> Result<()> {
     if xs.rank() < 2 {
         bail!(
             "{op}: the input must be time-first [T, ..., N] with at least two dimensions, got shape {:?}",
@@ -455,7 +455,7 @@ pub fn lif_adex_feed_forward_seq(
 }
 
 /// Checks the recurrent step's weights against the input `[..., I]` and the state `[..., N]`.
-fn check_weights(
+pub(crate) fn check_weights(
     op: &str,
     x_dims: &[usize],
     state: &Tensor,

@@ -50,10 +50,14 @@ fn leak_potential(
     check_float(dtype, "initial state")?;
     let n = shape.dims().last().copied().unwrap_or(1);
     p.validate_for(n, device)?;
-    p.v_leak
-        .tensor(dtype, device, None)?
-        .broadcast_as(shape)?
-        .contiguous()
+    let v = p.v_leak.tensor(dtype, device, None)?.broadcast_as(shape)?;
+    // Always a fresh buffer (never the parameter's own), so that the state can be advanced in
+    // place.
+    if v.is_contiguous() {
+        v.copy()
+    } else {
+        v.contiguous()
+    }
 }
 
 pub(crate) fn check_float(dtype: DType, what: &str) -> Result<()> {
@@ -83,11 +87,12 @@ impl FeedForwardState {
     ) -> Result<Self> {
         let shape = shape.into();
         let v = leak_potential(p, &shape, dtype, device)?;
-        let zeros = Tensor::zeros(&shape, dtype, device)?;
+        // Separate buffers, so that the state can be advanced in place.
+        let zeros = || Tensor::zeros(&shape, dtype, device);
         Ok(FeedForwardState {
             v,
-            i: zeros.clone(),
-            a: zeros,
+            i: zeros()?,
+            a: zeros()?,
         })
     }
 
@@ -115,12 +120,12 @@ impl RecurrentState {
     ) -> Result<Self> {
         let shape = shape.into();
         let v = leak_potential(p, &shape, dtype, device)?;
-        let zeros = Tensor::zeros(&shape, dtype, device)?;
+        let zeros = || Tensor::zeros(&shape, dtype, device);
         Ok(RecurrentState {
-            z: zeros.clone(),
+            z: zeros()?,
             v,
-            i: zeros.clone(),
-            a: zeros,
+            i: zeros()?,
+            a: zeros()?,
         })
     }
 

@@ -1,0 +1,787 @@
+//! Layer 5c: the fused CPU kernels: the time loop over blocks of neurons, instruction-set
+//! dispatch, threads, prefetch and streaming stores.
+//!
+//! # Design (see `../shared/perf/CPU-ROOFLINE.md` for the measurements behind it)
+//! - Neurons are processed in blocks of [`BLOCK`] lanes; for each block the **time loop is the
+//!   outer loop** and the lanes the inner one, so the state stays in the block's local arrays (L1)
+//!   across all `T` steps and the lane loop gives the out-of-order core 8 independent 16-lane
+//!   dependency chains per step.
+//! - The lane loop body is [`super::math`] (one scalar definition of the update), which LLVM
+//!   vectorizes in whichever instruction-set context the block loop is instantiated in:
+//!   AVX-512 (`avx512f/bw/vl/dq` + FMA + F16C), AVX2 + FMA + F16C, or the portable baseline
+//!   (SSE2 on x86-64, NEON on aarch64). The choice is made at run time ([`Isa::detected`]) from
+//!   one generic build; [`with_isa`] forces a path (tests run every path this CPU has).
+//! - Inputs a few rows ahead are prefetched; large outputs are written with non-temporal
+//!   (streaming) stores, with block boundaries shifted so that a block's row segment starts on a
+//!   cache line. Half types are converted in registers (see [`super::elem`]).
+//! - Large problems split the blocks across threads (`candle_core::utils::get_num_threads()`,
+//!   i.e. `RAYON_NUM_THREADS` or the core count); small ones run on the calling thread, where a
+//!   fork/join would cost more than it saves.
+//!
+//! # Backward
+//! The sequence backward **recomputes** the forward instead of storing it: the forward pass with
+//! gradients writes exactly what inference writes, and the backward walks each block through
+//! time again, keeping checkpoints of the state every [`SEG`] steps and the pre-step states of one
+//! segment at a time in a per-thread buffer (about 200 KB, L2-resident), then runs the reverse
+//! time loop over that segment. Memory traffic is the inputs and gradients once more instead of
+//! three state trajectories written and read back; the extra arithmetic is one or two forward
+//! passes, which run from cache.
+
+use super::elem::{Compute, Elem};
+use super::math::{self, Coef, Real, N_COEF};
+use crate::surrogate::SurrogateMethod;
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// Lanes per block: 8 vectors of 16 f32 lanes.
+pub const BLOCK: usize = 128;
+/// Steps per recomputation segment of the backward pass.
+pub const SEG: usize = 128;
+/// How many rows ahead the input is prefetched.
+const PREFETCH_ROWS: usize = 6;
+/// Outputs at least this large are written with streaming stores.
+const STREAM_BYTES: usize = 16 << 20;
+/// Neuron-steps below which a call runs on one thread.
+const PARALLEL_WORK: usize = 1 << 19;
+
+/// The instruction-set paths of the CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512 F/BW/VL/DQ with FMA and F16C (x86-64).
+    Avx512,
+    /// AVX2 with FMA and F16C (x86-64).
+    Avx2,
+    /// The target's baseline (SSE2 on x86-64, NEON on aarch64), still vectorized.
+    Portable,
+}
+
+thread_local! {
+    static FORCED: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+impl Isa {
+    /// The paths this CPU can run, best first.
+    ///
+    /// ```
+    /// use candle_adex::fused::cpu::Isa;
+    /// assert_eq!(*Isa::available().last().unwrap(), Isa::Portable);
+    /// ```
+    pub fn available() -> Vec<Isa> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                v.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                v.push(Isa::Avx2);
+            }
+        }
+        v.push(Isa::Portable);
+        v
+    }
+
+    /// The best path of this CPU.
+    pub fn detected() -> Isa {
+        Isa::available()[0]
+    }
+
+    /// The path the kernels use on this thread now: the one forced by [`with_isa`], else
+    /// [`Isa::detected`].
+    pub fn current() -> Isa {
+        FORCED.with(|f| f.get()).unwrap_or_else(Isa::detected)
+    }
+
+    /// Lower-case name (`avx512`, `avx2`, `portable`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// Runs `f` with the CPU kernels forced onto `isa` on this thread (for tests and benchmarks).
+/// Errors if this CPU cannot run `isa`.
+///
+/// ```
+/// use candle_adex::fused::cpu::{with_isa, Isa};
+/// let r = with_isa(Isa::Portable, || Isa::current())?;
+/// assert_eq!(r, Isa::Portable);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> candle_core::Result<R> {
+    if !Isa::available().contains(&isa) {
+        candle_core::bail!("this CPU cannot run the {} kernels", isa.name());
+    }
+    let old = FORCED.with(|c| c.replace(Some(isa)));
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(old);
+    Ok(f())
+}
+
+/// The threads a call of `work` neuron-steps over `nblocks` blocks uses.
+pub fn threads_for(work: usize, nblocks: usize) -> usize {
+    if work < PARALLEL_WORK {
+        return 1;
+    }
+    candle_core::utils::get_num_threads()
+        .min(nblocks.div_ceil(2))
+        .max(1)
+}
+
+/// A row-major `[rows, width]` output written by several threads, each to its own columns.
+///
+/// Created from an exclusive borrow whose length is checked, so every in-range write lands in
+/// memory this value owns for its lifetime; the kernels write column ranges that do not overlap
+/// between threads.
+pub(crate) struct Rows<'a, T> {
+    ptr: *mut T,
+    rows: usize,
+    width: usize,
+    _own: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: `Rows` is a view of an exclusively borrowed buffer; threads write disjoint columns.
+unsafe impl<T: Send> Send for Rows<'_, T> {}
+unsafe impl<T: Send> Sync for Rows<'_, T> {}
+
+impl<'a, T> Rows<'a, T> {
+    pub(crate) fn new(buf: &'a mut [T], rows: usize, width: usize) -> Self {
+        assert_eq!(buf.len(), rows * width, "output buffer size");
+        Rows {
+            ptr: buf.as_mut_ptr(),
+            rows,
+            width,
+            _own: PhantomData,
+        }
+    }
+
+    /// The row segment `[t, m0..m0+len]`.
+    #[inline(always)]
+    fn segment(&self, t: usize, m0: usize, len: usize) -> *mut T {
+        assert!(t < self.rows && m0 + len <= self.width);
+        // SAFETY: in bounds by the assertion above.
+        unsafe { self.ptr.add(t * self.width + m0) }
+    }
+}
+
+/// Parameters for a call: one set for all neurons, or one per neuron (`[N]` each, the neuron
+/// index being the flat index modulo `N`).
+#[derive(Clone, Debug)]
+pub(crate) enum Coefs<F> {
+    Scalar(Coef<F>),
+    PerNeuron { n: usize, fields: [Vec<F>; N_COEF] },
+}
+
+/// A block's parameters, lane by lane.
+struct BlockCoef<F> {
+    lanes: [[F; BLOCK]; N_COEF],
+}
+
+impl<F: Real> Coefs<F> {
+    fn block(&self, m0: usize, len: usize) -> BlockCoef<F> {
+        let mut lanes = [[F::ZERO; BLOCK]; N_COEF];
+        match self {
+            Coefs::Scalar(c) => {
+                for (lane, v) in lanes.iter_mut().zip(c.to_array()) {
+                    *lane = [v; BLOCK];
+                }
+            }
+            Coefs::PerNeuron { n, fields } => {
+                for (lane, field) in lanes.iter_mut().zip(fields) {
+                    for (l, slot) in lane.iter_mut().enumerate() {
+                        // Padding lanes repeat the first neuron, so they stay finite.
+                        let m = m0 + if l < len { l } else { 0 };
+                        *slot = field[m % n];
+                    }
+                }
+            }
+        }
+        BlockCoef { lanes }
+    }
+}
+
+impl<F: Copy> BlockCoef<F> {
+    #[inline(always)]
+    fn lane(&self, l: usize) -> Coef<F> {
+        Coef::from_array(std::array::from_fn(|k| self.lanes[k][l]))
+    }
+}
+
+/// A forward sequence call: `T` steps of `M` neurons (`[T, M]` row-major data).
+pub(crate) struct FwdJob<'a, E: Elem, O: Elem> {
+    pub t: usize,
+    pub m: usize,
+    /// Input currents `[T, M]`.
+    pub xs: &'a [E],
+    /// A second drive `[T, M]` added after the input (the recurrent current), or `None`.
+    pub x2: Option<&'a [E]>,
+    /// Initial state `[M]` each; `i0` is `None` for the encoder (no synaptic current).
+    pub v0: &'a [E],
+    pub i0: Option<&'a [E]>,
+    pub a0: &'a [E],
+    /// Spikes `[T, M]`.
+    pub spikes: Rows<'a, O>,
+    /// Final state `[1, M]` each (`i` unused for the encoder).
+    pub last: [Option<Rows<'a, E>>; 3],
+    /// Post-step states `[T, M]` each, when recording.
+    pub record: Option<[Option<Rows<'a, E>>; 3]>,
+    pub coefs: &'a Coefs<E::F>,
+}
+
+/// A backward sequence call, in the compute precision.
+pub(crate) struct BwdJob<'a, F: Real> {
+    pub t: usize,
+    pub m: usize,
+    pub xs: &'a [F],
+    pub x2: Option<&'a [F]>,
+    pub v0: &'a [F],
+    pub i0: Option<&'a [F]>,
+    pub a0: &'a [F],
+    /// Gradient of the spikes `[T, M]`.
+    pub g_spikes: &'a [F],
+    /// Gradient of the final state `[M]` each (`i` unused for the encoder).
+    pub g_last: [&'a [F]; 3],
+    /// Gradients of the recorded post-step states `[T, M]` each.
+    pub g_record: Option<[&'a [F]; 3]>,
+    /// Gradient of the inputs `[T, M]`.
+    pub g_xs: Rows<'a, F>,
+    /// Gradients of the initial state `[1, M]` each (`i` unused for the encoder).
+    pub g0: [Option<Rows<'a, F>>; 3],
+    pub coefs: &'a Coefs<F>,
+    pub method: SurrogateMethod,
+    pub alpha: f64,
+}
+
+/// How the columns `0..M` are cut into blocks: an optional short head (so that the later blocks
+/// start on a cache line of the streamed output), then blocks of `BLOCK`.
+#[derive(Clone, Copy)]
+struct Blocks {
+    m: usize,
+    head: usize,
+}
+
+impl Blocks {
+    fn new(m: usize, head: usize) -> Self {
+        Blocks {
+            m,
+            head: head.min(m),
+        }
+    }
+    fn count(&self) -> usize {
+        (self.head > 0) as usize + (self.m - self.head).div_ceil(BLOCK)
+    }
+    fn get(&self, k: usize) -> (usize, usize) {
+        if self.head > 0 {
+            if k == 0 {
+                return (0, self.head);
+            }
+            let m0 = self.head + (k - 1) * BLOCK;
+            return (m0, BLOCK.min(self.m - m0));
+        }
+        let m0 = k * BLOCK;
+        (m0, BLOCK.min(self.m - m0))
+    }
+}
+
+/// Converts a row segment into a block buffer, padding with zeros.
+#[inline(always)]
+fn load<E: Elem>(src: &[E], dst: &mut [E::F; BLOCK]) {
+    if src.len() == BLOCK {
+        for l in 0..BLOCK {
+            dst[l] = src[l].to_f();
+        }
+    } else {
+        for l in 0..BLOCK {
+            dst[l] = if l < src.len() {
+                src[l].to_f()
+            } else {
+                E::F::ZERO
+            };
+        }
+    }
+}
+
+/// Writes `len` lanes of `vals` to `dst` as `O`, streaming when asked and possible.
+///
+/// # Safety
+/// `dst` must be valid for `len` writes (it comes from [`Rows::segment`]).
+#[inline(always)]
+unsafe fn put<F: Real, O: Elem>(dst: *mut O, len: usize, vals: &[F; BLOCK], stream: bool) {
+    let conv = |x: F| O::from_f(<O::F as Real>::from_f64(x.to_f64()));
+    if stream && len == BLOCK && (dst as usize) % 16 == 0 {
+        let mut buf = [O::NIL; BLOCK];
+        for l in 0..BLOCK {
+            buf[l] = conv(vals[l]);
+        }
+        stream_copy(
+            dst as *mut u8,
+            buf.as_ptr() as *const u8,
+            BLOCK * std::mem::size_of::<O>(),
+        );
+    } else {
+        for (l, v) in vals.iter().take(len).enumerate() {
+            *dst.add(l) = conv(*v);
+        }
+    }
+}
+
+/// Copies `bytes` (a multiple of 16) to a 16-byte aligned `dst` with non-temporal stores.
+///
+/// # Safety
+/// `dst` and `src` valid for `bytes`, `dst` 16-byte aligned.
+#[inline(always)]
+unsafe fn stream_copy(dst: *mut u8, src: *const u8, bytes: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
+        let mut k = 0;
+        while k + 16 <= bytes {
+            _mm_stream_si128(
+                dst.add(k) as *mut __m128i,
+                _mm_loadu_si128(src.add(k) as *const __m128i),
+            );
+            k += 16;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::ptr::copy_nonoverlapping(src, dst, bytes);
+}
+
+/// Orders this thread's streaming stores before whatever follows (the join).
+fn stream_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// Hints that `bytes` from `p` will be read soon.
+#[inline(always)]
+fn prefetch<T>(p: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(p);
+        let base = p.as_ptr() as *const i8;
+        let mut k = 0;
+        while k < bytes {
+            // SAFETY: prefetching is a hint and never faults; the address is inside `p`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(k)) };
+            k += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// The forward time loop of one block of lanes `m0..m0+len`.
+#[inline(always)]
+fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+    job: &FwdJob<E, O>,
+    m0: usize,
+    len: usize,
+    stream: bool,
+) {
+    let m = job.m;
+    let coef = job.coefs.block(m0, len);
+    let zero = <E::F as Real>::ZERO;
+    let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    load(&job.v0[m0..m0 + len], &mut v);
+    if let Some(i0) = job.i0 {
+        load(&i0[m0..m0 + len], &mut i);
+    }
+    load(&job.a0[m0..m0 + len], &mut a);
+    let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    let drive2 = if X2 { job.x2 } else { None };
+    for t in 0..job.t {
+        let row = t * m + m0..t * m + m0 + len;
+        if t + PREFETCH_ROWS < job.t {
+            let r = (t + PREFETCH_ROWS) * m + m0;
+            prefetch(&job.xs[r..r + len]);
+            if let Some(d) = drive2 {
+                prefetch(&d[r..r + len]);
+            }
+        }
+        load(&job.xs[row.clone()], &mut x);
+        if let Some(d) = drive2 {
+            load(&d[row], &mut x2);
+        }
+        for l in 0..BLOCK {
+            let c = coef.lane(l);
+            let i_jump = match (SYN, X2) {
+                (false, _) => x[l],
+                (true, false) => i[l] + x[l],
+                (true, true) => (i[l] + x[l]) + x2[l],
+            };
+            let (zl, vl, al) = math::update::<E::F, FMA>(&c, v[l], i_jump, a[l]);
+            z[l] = zl;
+            v[l] = vl;
+            a[l] = al;
+            if SYN {
+                i[l] = math::synapse(&c, i_jump);
+            }
+        }
+        // SAFETY: `segment` checks the bounds.
+        unsafe {
+            put(job.spikes.segment(t, m0, len), len, &z, stream);
+            if let Some(rec) = &job.record {
+                for (r, vals) in rec.iter().zip([&v, &i, &a]) {
+                    if let Some(r) = r {
+                        put(r.segment(t, m0, len), len, vals, stream);
+                    }
+                }
+            }
+        }
+    }
+    for (r, vals) in job.last.iter().zip([&v, &i, &a]) {
+        if let Some(r) = r {
+            // SAFETY: `segment` checks the bounds.
+            unsafe { put(r.segment(0, m0, len), len, vals, false) };
+        }
+    }
+}
+
+#[inline(always)]
+fn fwd_blocks<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+    job: &FwdJob<E, O>,
+    blocks: Blocks,
+    range: Range<usize>,
+    stream: bool,
+) {
+    for k in range {
+        let (m0, len) = blocks.get(k);
+        fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream);
+    }
+    if stream {
+        stream_fence();
+    }
+}
+
+/// Per-thread scratch of the backward pass.
+struct Scratch<F> {
+    /// Checkpoints: the pre-step state `(v, i, a)` at every `SEG`-th step.
+    ckpt: Vec<[[F; BLOCK]; 3]>,
+    /// Pre-step `(v, i_jump, a)` of the current segment.
+    seg: Vec<[[F; BLOCK]; 3]>,
+}
+
+/// The backward of one block: checkpointed recomputation, then reverse time.
+#[inline(always)]
+fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
+    job: &BwdJob<F>,
+    m0: usize,
+    len: usize,
+    scratch: &mut Scratch<F>,
+) {
+    let method = SurrogateMethod::ALL[METHOD as usize];
+    let alpha = <F as Real>::from_f64(job.alpha);
+    let (steps, m) = (job.t, job.m);
+    let coef = job.coefs.block(m0, len);
+    let zero = <F as Real>::ZERO;
+    let nseg = steps.div_ceil(SEG).max(1);
+    let (mut v, mut i, mut a, mut x) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    load(&job.v0[m0..m0 + len], &mut v);
+    if let Some(i0) = job.i0 {
+        load(&i0[m0..m0 + len], &mut i);
+    }
+    load(&job.a0[m0..m0 + len], &mut a);
+    scratch.ckpt.clear();
+    scratch.ckpt.push([v, i, a]);
+    let mut x2 = [zero; BLOCK];
+    let mut forward = |t: usize,
+                       v: &mut [F; BLOCK],
+                       i: &mut [F; BLOCK],
+                       a: &mut [F; BLOCK],
+                       x: &mut [F; BLOCK],
+                       pre: Option<&mut [[F; BLOCK]; 3]>| {
+        let row = t * m + m0..t * m + m0 + len;
+        load(&job.xs[row.clone()], x);
+        if let Some(d) = job.x2 {
+            load(&d[row], &mut x2);
+        }
+        let mut ij = [zero; BLOCK];
+        for l in 0..BLOCK {
+            let c = coef.lane(l);
+            // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
+            ij[l] = if SYN { (i[l] + x[l]) + x2[l] } else { x[l] };
+            let (_, vl, al) = math::update::<F, FMA>(&c, v[l], ij[l], a[l]);
+            if SYN {
+                i[l] = math::synapse(&c, ij[l]);
+            }
+            v[l] = vl;
+            a[l] = al;
+        }
+        if let Some(pre) = pre {
+            pre[1] = ij;
+        }
+    };
+    for t in 0..(nseg - 1) * SEG {
+        forward(t, &mut v, &mut i, &mut a, &mut x, None);
+        if (t + 1) % SEG == 0 {
+            scratch.ckpt.push([v, i, a]);
+        }
+    }
+    let (mut gv, mut gi, mut ga, mut gz) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    load(&job.g_last[0][m0..m0 + len], &mut gv);
+    if SYN {
+        load(&job.g_last[1][m0..m0 + len], &mut gi);
+    }
+    load(&job.g_last[2][m0..m0 + len], &mut ga);
+    let mut gx = [zero; BLOCK];
+    for s in (0..nseg).rev() {
+        let (t0, t1) = (s * SEG, ((s + 1) * SEG).min(steps));
+        [v, i, a] = scratch.ckpt[s];
+        scratch.seg.resize(SEG, [[zero; BLOCK]; 3]);
+        for t in t0..t1 {
+            let pre = &mut scratch.seg[t - t0];
+            pre[0] = v;
+            pre[2] = a;
+            forward(t, &mut v, &mut i, &mut a, &mut x, Some(pre));
+        }
+        for t in (t0..t1).rev() {
+            let row = t * m + m0..t * m + m0 + len;
+            if let Some(rec) = &job.g_record {
+                let mut g = [zero; BLOCK];
+                for (k, acc) in [&mut gv, &mut gi, &mut ga].into_iter().enumerate() {
+                    if k == 1 && !SYN {
+                        continue;
+                    }
+                    load(&rec[k][row.clone()], &mut g);
+                    for l in 0..BLOCK {
+                        acc[l] = acc[l] + g[l];
+                    }
+                }
+            }
+            if t + PREFETCH_ROWS < steps && t >= PREFETCH_ROWS {
+                let r = (t - PREFETCH_ROWS) * m + m0;
+                prefetch(&job.g_spikes[r..r + len]);
+            }
+            load(&job.g_spikes[row], &mut gz);
+            let pre = &scratch.seg[t - t0];
+            for l in 0..BLOCK {
+                let c = coef.lane(l);
+                let g = math::update_backward::<F, FMA>(
+                    &c, method, alpha, pre[0][l], pre[1][l], pre[2][l], gz[l], gv[l], gi[l],
+                    ga[l],
+                );
+                gx[l] = g.i_jump;
+                gv[l] = g.v;
+                ga[l] = g.a;
+                if SYN {
+                    gi[l] = g.i_jump;
+                }
+            }
+            // SAFETY: `segment` checks the bounds.
+            unsafe { put(job.g_xs.segment(t, m0, len), len, &gx, false) };
+        }
+    }
+    for (r, vals) in job.g0.iter().zip([&gv, &gi, &ga]) {
+        if let Some(r) = r {
+            // SAFETY: `segment` checks the bounds.
+            unsafe { put(r.segment(0, m0, len), len, vals, false) };
+        }
+    }
+}
+
+#[inline(always)]
+fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
+    job: &BwdJob<F>,
+    blocks: Blocks,
+    range: Range<usize>,
+) {
+    let mut scratch = Scratch {
+        ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
+        seg: Vec::with_capacity(SEG),
+    };
+    for k in range {
+        let (m0, len) = blocks.get(k);
+        bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch);
+    }
+}
+
+/// Runs `f` over `nblocks` block indices, split across threads when `work` is large.
+fn parallel(nblocks: usize, work: usize, f: impl Fn(Range<usize>) + Sync) {
+    let threads = threads_for(work, nblocks);
+    if threads <= 1 {
+        f(0..nblocks);
+        return;
+    }
+    let chunk = nblocks.div_ceil(threads);
+    std::thread::scope(|s| {
+        let f = &f;
+        for k in 1..threads {
+            let r = (k * chunk).min(nblocks)..((k + 1) * chunk).min(nblocks);
+            if !r.is_empty() {
+                s.spawn(move || f(r));
+            }
+        }
+        f(0..chunk.min(nblocks));
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) unsafe fn fwd_avx512<const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+        job: &FwdJob<E, O>,
+        blocks: Blocks,
+        range: Range<usize>,
+        stream: bool,
+    ) {
+        fwd_blocks::<true, SYN, X2, E, O>(job, blocks, range, stream)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) unsafe fn fwd_avx2<const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+        job: &FwdJob<E, O>,
+        blocks: Blocks,
+        range: Range<usize>,
+        stream: bool,
+    ) {
+        fwd_blocks::<true, SYN, X2, E, O>(job, blocks, range, stream)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) unsafe fn bwd_avx512<const SYN: bool, const METHOD: u8, F: Compute>(
+        job: &BwdJob<F>,
+        blocks: Blocks,
+        range: Range<usize>,
+    ) {
+        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
+    pub(super) unsafe fn bwd_avx2<const SYN: bool, const METHOD: u8, F: Compute>(
+        job: &BwdJob<F>,
+        blocks: Blocks,
+        range: Range<usize>,
+    ) {
+        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range)
+    }
+}
+
+/// FMA in the portable path: always on aarch64 (NEON has it), never on baseline x86-64 (it
+/// would be a libm call per element).
+const PORTABLE_FMA: bool = cfg!(target_arch = "aarch64");
+
+fn fwd_dispatch<const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+    isa: Isa,
+    job: &FwdJob<E, O>,
+    blocks: Blocks,
+    range: Range<usize>,
+    stream: bool,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` comes from `Isa::current`, which only yields detected paths.
+        Isa::Avx512 => unsafe { x86::fwd_avx512::<SYN, X2, E, O>(job, blocks, range, stream) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { x86::fwd_avx2::<SYN, X2, E, O>(job, blocks, range, stream) },
+        _ => fwd_blocks::<PORTABLE_FMA, SYN, X2, E, O>(job, blocks, range, stream),
+    }
+}
+
+/// Runs a forward sequence job.
+pub(crate) fn forward<E: Elem, O: Elem>(job: &FwdJob<E, O>) {
+    if job.m == 0 {
+        return;
+    }
+    let out_bytes = job.t * job.m * std::mem::size_of::<O>();
+    let stream = out_bytes >= STREAM_BYTES;
+    // Shift the block boundaries so that blocks start on a cache line of the spike rows (only
+    // possible when every row has the same alignment).
+    let head = if stream && (job.m * std::mem::size_of::<O>()) % 64 == 0 {
+        let addr = job.spikes.ptr as usize;
+        let size = std::mem::size_of::<O>();
+        if addr % size == 0 {
+            ((64 - addr % 64) % 64) / size
+        } else {
+            0
+        }
+    } else {
+        0
+    };
+    let blocks = Blocks::new(job.m, head);
+    let isa = Isa::current();
+    let syn = job.i0.is_some();
+    let x2 = job.x2.is_some();
+    assert!(syn || !x2, "a second drive needs the synaptic current");
+    parallel(blocks.count(), job.t * job.m, |range| match (syn, x2) {
+        (true, true) => fwd_dispatch::<true, true, E, O>(isa, job, blocks, range, stream),
+        (true, false) => fwd_dispatch::<true, false, E, O>(isa, job, blocks, range, stream),
+        _ => fwd_dispatch::<false, false, E, O>(isa, job, blocks, range, stream),
+    });
+}
+
+fn bwd_dispatch<const SYN: bool, const METHOD: u8, F: Compute>(
+    isa: Isa,
+    job: &BwdJob<F>,
+    blocks: Blocks,
+    range: Range<usize>,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` comes from `Isa::current`, which only yields detected paths.
+        Isa::Avx512 => unsafe { x86::bwd_avx512::<SYN, METHOD, F>(job, blocks, range) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { x86::bwd_avx2::<SYN, METHOD, F>(job, blocks, range) },
+        _ => bwd_blocks::<PORTABLE_FMA, SYN, METHOD, F>(job, blocks, range),
+    }
+}
+
+fn bwd_method<const SYN: bool, F: Compute>(
+    isa: Isa,
+    job: &BwdJob<F>,
+    blocks: Blocks,
+    range: Range<usize>,
+) {
+    match job.method {
+        SurrogateMethod::Super => bwd_dispatch::<SYN, 0, F>(isa, job, blocks, range),
+        SurrogateMethod::Triangle => bwd_dispatch::<SYN, 1, F>(isa, job, blocks, range),
+        SurrogateMethod::Tanh => bwd_dispatch::<SYN, 2, F>(isa, job, blocks, range),
+        SurrogateMethod::Circ => bwd_dispatch::<SYN, 3, F>(isa, job, blocks, range),
+        SurrogateMethod::HeaviErfc => bwd_dispatch::<SYN, 4, F>(isa, job, blocks, range),
+        SurrogateMethod::Heaviside => bwd_dispatch::<SYN, 5, F>(isa, job, blocks, range),
+    }
+}
+
+/// Runs a backward sequence job.
+pub(crate) fn backward<F: Compute>(job: &BwdJob<F>) {
+    if job.m == 0 {
+        return;
+    }
+    let blocks = Blocks::new(job.m, 0);
+    let isa = Isa::current();
+    let syn = job.i0.is_some();
+    // The backward does about three forward passes' work per neuron-step.
+    parallel(blocks.count(), 3 * job.t * job.m, |range| {
+        if syn {
+            bwd_method::<true, F>(isa, job, blocks, range.clone())
+        } else {
+            bwd_method::<false, F>(isa, job, blocks, range.clone())
+        }
+    });
+}
