@@ -513,8 +513,8 @@ impl Case<'_> {
             i: Self::previous(&i0, &norse[2])?,
             a: Self::previous(&a0, &norse[3])?,
         };
-        let (z, next) = reference::lif_adex_feed_forward_step(&xs, &prev, &p)?;
-        let free = reference::lif_adex_feed_forward_seq(
+        let (z, next) = crate::ops::lif_adex_feed_forward_step(&xs, &prev, &p)?;
+        let free = crate::ops::lif_adex_feed_forward_seq(
             &xs,
             &FeedForwardState {
                 v: v0.clone(),
@@ -574,14 +574,14 @@ impl Case<'_> {
             i: Self::previous(&init[2], &norse[2])?,
             a: Self::previous(&init[3], &norse[3])?,
         };
-        let (z, next) = reference::lif_adex_step(&xs, &prev, &w_in, &w_rec, &p)?;
+        let (z, next) = crate::ops::lif_adex_step(&xs, &prev, &w_in, &w_rec, &p)?;
         let s0 = RecurrentState {
             z: init[0].clone(),
             v: init[1].clone(),
             i: init[2].clone(),
             a: init[3].clone(),
         };
-        let free = reference::lif_adex_seq(&xs, &s0, &w_in, &w_rec, &p, true)?;
+        let free = crate::ops::lif_adex_seq(&xs, &s0, &w_in, &w_rec, &p, true)?;
         let rec = free.recorded.as_ref().expect("recorded");
         let domain = Self::domain(&[&init[1], &init[2], &init[3]], Some(&rec.i), steps)?;
         let step_tol = 64.0 * u * (n + i_in) as f64;
@@ -637,7 +637,7 @@ impl Case<'_> {
         let mut measures = self.state_measures("compat_", &c, 32.0 * u, false);
         // our Euler encoder on the same inputs must stay finite
         let ours =
-            reference::lif_adex_current_encoder_seq(&xs, &EncoderState { v: v0, a: a0 }, &p, true)?;
+            crate::ops::lif_adex_current_encoder_seq(&xs, &EncoderState { v: v0, a: a0 }, &p, true)?;
         let rec = ours.recorded.expect("recorded");
         let nonfinite = [&rec.v, &rec.a]
             .iter()
@@ -732,7 +732,7 @@ impl Case<'_> {
             i: i0.as_tensor().clone(),
             a: a0.as_tensor().clone(),
         };
-        let out = reference::lif_adex_feed_forward_seq(xv.as_tensor(), &s0, &p, true)?;
+        let out = crate::ops::lif_adex_feed_forward_seq(xv.as_tensor(), &s0, &p, true)?;
         let rec = out.recorded.as_ref().expect("recorded");
         let g = self.t("g")?;
         let last_v = rec.v.get(steps - 1)?;

@@ -11,7 +11,11 @@
 //! 3. [`state`]: feed-forward, recurrent and encoder states and norse's initial states;
 //! 4. [`reference`]: the AdEx model written once as candle tensor ops, any device and dtype,
 //!    differentiable;
-//! 5. [`conformance`]: replays norse's golden files through this crate and measures the errors.
+//! 5. [`fused`]: the same model as fused kernels (CPU SIMD now), one pass over memory per call,
+//!    with a reverse-time surrogate-gradient backward;
+//! 6. [`ops`]: the crate-root functions, which use the fused kernels where they can serve the
+//!    call and the reference path otherwise;
+//! 7. [`conformance`]: replays norse's golden files through this crate and measures the errors.
 //!
 //! ```
 //! use candle_adex::{lif_adex_feed_forward_seq, AdexParameters, FeedForwardState};
@@ -30,16 +34,19 @@
 
 pub mod conformance;
 pub mod fused;
+pub mod ops;
 pub mod params;
 pub mod reference;
 pub mod state;
 pub mod surrogate;
 
 pub use params::{AdexParameters, Param};
+pub use ops::{
+    lif_adex_current_encoder, lif_adex_current_encoder_seq, lif_adex_feed_forward_seq,
+    lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step,
+};
 pub use reference::{
-    lif_adex_current_encoder, lif_adex_current_encoder_norse_1_1_0,
-    lif_adex_current_encoder_norse_1_1_0_seq, lif_adex_current_encoder_seq,
-    lif_adex_feed_forward_seq, lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step, Sequence,
+    lif_adex_current_encoder_norse_1_1_0, lif_adex_current_encoder_norse_1_1_0_seq, Sequence,
 };
 pub use state::{EncoderState, FeedForwardState, RecurrentState};
 pub use surrogate::{threshold, SurrogateMethod};

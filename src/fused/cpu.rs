@@ -28,7 +28,7 @@
 //! passes, which run from cache.
 
 use super::elem::{Compute, Elem};
-use super::math::{self, Coef, Real, N_COEF};
+use super::math::{self, Coef, Lanes, Multi, Pack, Real, N_COEF};
 use crate::surrogate::SurrogateMethod;
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -36,10 +36,60 @@ use std::ops::Range;
 
 /// Lanes per block: 8 vectors of 16 f32 lanes.
 pub const BLOCK: usize = 128;
+/// Lanes of one vector group (one AVX-512 vector of f32).
+const VEC: usize = 16;
+/// Vector groups evaluated side by side, operation by operation: 2 x 4 (nested, so that every
+/// loop over groups is short enough to be unrolled rather than vectorized across groups).
+const GROUPS: usize = 4;
+/// Lanes evaluated together: `GROUPS` vectors, interleaved.
+pub const PACK: usize = VEC * GROUPS;
+/// Packs per block.
+const NP: usize = BLOCK / PACK;
+/// A pack of compute lanes.
+type P<F> = Multi<Pack<F, VEC>, 4>;
+
+/// Loading and storing lane groups from slices.
+trait LoadStore<F>: Sized {
+    const LEN: usize;
+    fn load(src: &[F]) -> Self;
+    fn store(self, dst: &mut [F]);
+}
+
+impl<F: Copy, const K: usize> LoadStore<F> for Pack<F, K> {
+    const LEN: usize = K;
+    #[inline(always)]
+    fn load(src: &[F]) -> Self {
+        Pack::load(src)
+    }
+    #[inline(always)]
+    fn store(self, dst: &mut [F]) {
+        Pack::store(self, dst)
+    }
+}
+
+impl<F: Copy, V: LoadStore<F> + Copy, const J: usize> LoadStore<F> for Multi<V, J> {
+    const LEN: usize = V::LEN * J;
+    #[inline(always)]
+    fn load(src: &[F]) -> Self {
+        let mut r = [V::load(src); J];
+        for (j, p) in r.iter_mut().enumerate().skip(1) {
+            *p = V::load(&src[j * V::LEN..]);
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn store(self, dst: &mut [F]) {
+        for (j, p) in self.0.into_iter().enumerate() {
+            p.store(&mut dst[j * V::LEN..]);
+        }
+    }
+}
 /// Steps per recomputation segment of the backward pass.
 pub const SEG: usize = 128;
 /// How many rows ahead the input is prefetched.
 const PREFETCH_ROWS: usize = 6;
+/// Inputs at least this large are prefetched (smaller ones stay in cache between calls).
+const PREFETCH_BYTES: usize = 8 << 20;
 /// Outputs at least this large are written with streaming stores.
 const STREAM_BYTES: usize = 16 << 20;
 /// Neuron-steps below which a call runs on one thread.
@@ -219,9 +269,32 @@ impl<F: Real> Coefs<F> {
 }
 
 impl<F: Copy> BlockCoef<F> {
+    /// The block's parameters as packs.
     #[inline(always)]
-    fn lane(&self, l: usize) -> Coef<F> {
-        Coef::from_array(std::array::from_fn(|k| self.lanes[k][l]))
+    fn packs(&self) -> [Coef<P<F>>; NP] {
+        std::array::from_fn(|p| {
+            Coef::from_array(std::array::from_fn(|k| P::load(&self.lanes[k][p * PACK..])))
+        })
+    }
+}
+
+/// Where a block's parameters come from, pack by pack: one set splatted to every lane (kept
+/// in registers or broadcast from memory), or per-neuron values gathered for the block.
+trait PackSource<F> {
+    fn pack(&self, p: usize) -> Coef<P<F>>;
+}
+
+impl<F: Real> PackSource<F> for Coef<F> {
+    #[inline(always)]
+    fn pack(&self, _p: usize) -> Coef<P<F>> {
+        self.splat()
+    }
+}
+
+impl<F: Copy> PackSource<F> for [Coef<P<F>>; NP] {
+    #[inline(always)]
+    fn pack(&self, p: usize) -> Coef<P<F>> {
+        self[p]
     }
 }
 
@@ -319,6 +392,28 @@ fn load<E: Elem>(src: &[E], dst: &mut [E::F; BLOCK]) {
     }
 }
 
+/// A pack read from `E` values, converted in registers.
+#[inline(always)]
+fn load_conv<E: Elem>(src: &[E]) -> P<E::F> {
+    let src = &src[..PACK];
+    let mut buf = [<E::F as Real>::ZERO; PACK];
+    for k in 0..PACK {
+        buf[k] = src[k].to_f();
+    }
+    P::load(&buf)
+}
+
+/// A pack written as `O` values.
+#[inline(always)]
+fn store_conv<F: Real, O: Elem>(vals: P<F>, dst: &mut [O]) {
+    let mut f = [F::ZERO; PACK];
+    vals.store(&mut f);
+    let dst = &mut dst[..PACK];
+    for k in 0..PACK {
+        dst[k] = O::from_f(<O::F as Real>::from_f64(f[k].to_f64()));
+    }
+}
+
 /// Writes `len` lanes of `vals` to `dst` as `O`, streaming when asked and possible.
 ///
 /// # Safety
@@ -400,9 +495,9 @@ fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>
     m0: usize,
     len: usize,
     stream: bool,
+    coef: &impl PackSource<E::F>,
 ) {
     let m = job.m;
-    let coef = job.coefs.block(m0, len);
     let zero = <E::F as Real>::ZERO;
     let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
     load(&job.v0[m0..m0 + len], &mut v);
@@ -412,37 +507,59 @@ fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>
     load(&job.a0[m0..m0 + len], &mut a);
     let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
     let drive2 = if X2 { job.x2 } else { None };
+    let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..job.t {
         let row = t * m + m0..t * m + m0 + len;
-        if t + PREFETCH_ROWS < job.t {
+        if prefetching && t + PREFETCH_ROWS < job.t {
             let r = (t + PREFETCH_ROWS) * m + m0;
             prefetch(&job.xs[r..r + len]);
             if let Some(d) = drive2 {
                 prefetch(&d[r..r + len]);
             }
         }
-        load(&job.xs[row.clone()], &mut x);
-        if let Some(d) = drive2 {
-            load(&d[row], &mut x2);
+        // Full blocks read the input and write the spikes straight from and to the rows; a
+        // short block, or streamed spikes, go through the block buffers.
+        let direct = len == BLOCK && !stream;
+        if !direct {
+            load(&job.xs[row.clone()], &mut x);
         }
-        for l in 0..BLOCK {
-            let c = coef.lane(l);
-            let i_jump = match (SYN, X2) {
-                (false, _) => x[l],
-                (true, false) => i[l] + x[l],
-                (true, true) => (i[l] + x[l]) + x2[l],
+        if let Some(d) = drive2 {
+            load(&d[row.clone()], &mut x2);
+        }
+        // SAFETY: `segment` checks the bounds; this thread alone writes these columns.
+        let spikes = unsafe { std::slice::from_raw_parts_mut(job.spikes.segment(t, m0, len), len) };
+        for p in 0..NP {
+            let c = &coef.pack(p);
+            let r = p * PACK..(p + 1) * PACK;
+            let xp = if direct {
+                load_conv(&job.xs[row.start + p * PACK..row.end])
+            } else {
+                P::load(&x[r.clone()])
             };
-            let (zl, vl, al) = math::update::<E::F, FMA>(&c, v[l], i_jump, a[l]);
-            z[l] = zl;
-            v[l] = vl;
-            a[l] = al;
+            let ip = P::load(&i[r.clone()]);
+            let i_jump = match (SYN, X2) {
+                (false, _) => xp,
+                (true, false) => ip + xp,
+                (true, true) => (ip + xp) + P::load(&x2[r.clone()]),
+            };
+            let (zp, vp, ap) =
+                math::update::<P<E::F>, FMA>(c, P::load(&v[r.clone()]), i_jump, P::load(&a[r.clone()]));
+            if direct {
+                store_conv(zp, &mut spikes[p * PACK..]);
+            } else {
+                zp.store(&mut z[r.clone()]);
+            }
+            vp.store(&mut v[r.clone()]);
+            ap.store(&mut a[r.clone()]);
             if SYN {
-                i[l] = math::synapse(&c, i_jump);
+                math::synapse(c, i_jump).store(&mut i[r]);
             }
         }
         // SAFETY: `segment` checks the bounds.
         unsafe {
-            put(job.spikes.segment(t, m0, len), len, &z, stream);
+            if !direct {
+                put(spikes.as_mut_ptr(), len, &z, stream);
+            }
             if let Some(rec) = &job.record {
                 for (r, vals) in rec.iter().zip([&v, &i, &a]) {
                     if let Some(r) = r {
@@ -469,7 +586,13 @@ fn fwd_blocks<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem
 ) {
     for k in range {
         let (m0, len) = blocks.get(k);
-        fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream);
+        match job.coefs {
+            Coefs::Scalar(c) => fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream, c),
+            per_neuron => {
+                let packs = per_neuron.block(m0, len).packs();
+                fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream, &packs)
+            }
+        }
     }
     if stream {
         stream_fence();
@@ -491,11 +614,11 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     m0: usize,
     len: usize,
     scratch: &mut Scratch<F>,
+    coef: &impl PackSource<F>,
 ) {
     let method = SurrogateMethod::ALL[METHOD as usize];
-    let alpha = <F as Real>::from_f64(job.alpha);
+    let alpha = P::splat(<F as Real>::from_f64(job.alpha));
     let (steps, m) = (job.t, job.m);
-    let coef = job.coefs.block(m0, len);
     let zero = <F as Real>::ZERO;
     let nseg = steps.div_ceil(SEG).max(1);
     let (mut v, mut i, mut a, mut x) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
@@ -519,16 +642,24 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
             load(&d[row], &mut x2);
         }
         let mut ij = [zero; BLOCK];
-        for l in 0..BLOCK {
-            let c = coef.lane(l);
+        for p in 0..NP {
+            let c = &coef.pack(p);
+            let r = p * PACK..(p + 1) * PACK;
+            let xp = P::load(&x[r.clone()]);
             // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
-            ij[l] = if SYN { (i[l] + x[l]) + x2[l] } else { x[l] };
-            let (_, vl, al) = math::update::<F, FMA>(&c, v[l], ij[l], a[l]);
+            let i_jump = if SYN {
+                (P::load(&i[r.clone()]) + xp) + P::load(&x2[r.clone()])
+            } else {
+                xp
+            };
+            let (_, vp, ap) =
+                math::update::<P<F>, FMA>(c, P::load(&v[r.clone()]), i_jump, P::load(&a[r.clone()]));
             if SYN {
-                i[l] = math::synapse(&c, ij[l]);
+                math::synapse(c, i_jump).store(&mut i[r.clone()]);
             }
-            v[l] = vl;
-            a[l] = al;
+            i_jump.store(&mut ij[r.clone()]);
+            vp.store(&mut v[r.clone()]);
+            ap.store(&mut a[r]);
         }
         if let Some(pre) = pre {
             pre[1] = ij;
@@ -577,17 +708,26 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
             }
             load(&job.g_spikes[row], &mut gz);
             let pre = &scratch.seg[t - t0];
-            for l in 0..BLOCK {
-                let c = coef.lane(l);
-                let g = math::update_backward::<F, FMA>(
-                    &c, method, alpha, pre[0][l], pre[1][l], pre[2][l], gz[l], gv[l], gi[l],
-                    ga[l],
+            for p in 0..NP {
+                let c = &coef.pack(p);
+                let r = p * PACK..(p + 1) * PACK;
+                let g = math::update_backward::<P<F>, FMA>(
+                    c,
+                    method,
+                    alpha,
+                    P::load(&pre[0][r.clone()]),
+                    P::load(&pre[1][r.clone()]),
+                    P::load(&pre[2][r.clone()]),
+                    P::load(&gz[r.clone()]),
+                    P::load(&gv[r.clone()]),
+                    P::load(&gi[r.clone()]),
+                    P::load(&ga[r.clone()]),
                 );
-                gx[l] = g.i_jump;
-                gv[l] = g.v;
-                ga[l] = g.a;
+                g.i_jump.store(&mut gx[r.clone()]);
+                g.v.store(&mut gv[r.clone()]);
+                g.a.store(&mut ga[r.clone()]);
                 if SYN {
-                    gi[l] = g.i_jump;
+                    g.i_jump.store(&mut gi[r]);
                 }
             }
             // SAFETY: `segment` checks the bounds.
@@ -614,7 +754,13 @@ fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     };
     for k in range {
         let (m0, len) = blocks.get(k);
-        bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch);
+        match job.coefs {
+            Coefs::Scalar(c) => bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch, c),
+            per_neuron => {
+                let packs = per_neuron.block(m0, len).packs();
+                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch, &packs)
+            }
+        }
     }
 }
 
@@ -785,3 +931,4 @@ pub(crate) fn backward<F: Compute>(job: &BwdJob<F>) {
         }
     });
 }
+

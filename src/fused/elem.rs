@@ -49,7 +49,7 @@ macro_rules! elem {
 
 elem!(f32, F32, f32, 0.0, |x| x, |y| y);
 elem!(f64, F64, f64, 0.0, |x| x, |y| y);
-elem!(u8, U8, f32, 0, |x| x as f32, |y| y as u8);
+elem!(u8, U8, f32, 0, |x| x as f32, |y| (y != 0.0) as u8);
 elem!(
     bf16,
     BF16,

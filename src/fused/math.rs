@@ -12,19 +12,369 @@
 use crate::surrogate::SurrogateMethod;
 use std::ops::{Add, Div, Mul, Neg, Sub};
 
-/// The two compute precisions: f32 (for f32, f16 and bf16 data) and f64.
-pub(crate) trait Real:
+/// A group of lanes the math is evaluated on: one scalar, or a [`Pack`] of `K` lanes. Every
+/// operation of a pack is a loop over its lanes, so each operation of the model becomes `K/16`
+/// independent AVX-512 instructions side by side: the independent dependency chains the core
+/// needs to stay busy are interleaved in program order, not left to the out-of-order window.
+pub(crate) trait Lanes:
     Copy
-    + PartialOrd
     + Add<Output = Self>
     + Sub<Output = Self>
     + Mul<Output = Self>
     + Div<Output = Self>
     + Neg<Output = Self>
-    + Default
-    + Send
-    + Sync
-    + 'static
+{
+    type S: Real;
+    type Mask: Copy;
+    fn splat(s: Self::S) -> Self;
+    fn gt(self, o: Self) -> Self::Mask;
+    fn lt(self, o: Self) -> Self::Mask;
+    fn is_finite(self) -> Self::Mask;
+    /// `if m { a } else { b }` lane by lane.
+    fn select(m: Self::Mask, a: Self, b: Self) -> Self;
+    fn abs(self) -> Self;
+    fn sqrt(self) -> Self;
+    /// `self*b + c`, fused where the instruction set has FMA (a libm call otherwise).
+    fn mul_add<const FMA: bool>(self, b: Self, c: Self) -> Self;
+    /// `f` applied lane by lane.
+    fn map_lanes(self, f: impl Fn(Self::S) -> Self::S + Copy) -> Self;
+    /// `2^n` from `t = x*log2(e) + 1.5*2^mantissa_bits`, whose low mantissa bits hold `n`.
+    fn pow2_shifted(self) -> Self;
+    /// `exp(x)` for `x <= EXP_CAP` (see [`exp_f32`] for f32; f64 uses the platform's `exp`).
+    #[inline(always)]
+    fn exp<const FMA: bool>(self) -> Self {
+        <Self::S as Real>::exp_of::<Self, FMA>(self)
+    }
+}
+
+macro_rules! scalar_lanes {
+    ($t:ty, |$x:ident| $exp:expr) => {
+        impl Lanes for $t {
+            type S = $t;
+            type Mask = bool;
+            #[inline(always)]
+            fn splat(s: $t) -> Self {
+                s
+            }
+            #[inline(always)]
+            fn gt(self, o: Self) -> bool {
+                self > o
+            }
+            #[inline(always)]
+            fn lt(self, o: Self) -> bool {
+                self < o
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::abs(self) < <$t>::INFINITY
+            }
+            #[inline(always)]
+            fn select(m: bool, a: Self, b: Self) -> Self {
+                if m {
+                    a
+                } else {
+                    b
+                }
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn mul_add<const FMA: bool>(self, b: Self, c: Self) -> Self {
+                if FMA {
+                    <$t>::mul_add(self, b, c)
+                } else {
+                    self * b + c
+                }
+            }
+            #[inline(always)]
+            fn map_lanes(self, f: impl Fn($t) -> $t + Copy) -> Self {
+                f(self)
+            }
+            #[inline(always)]
+            fn pow2_shifted(self) -> Self {
+                // The low bits of the pattern hold n; shifted into the exponent field they give
+                // the biased exponent (n + 127 in [1, 254] for f32 arguments in [-87, 88]).
+                let $x = self;
+                $exp
+            }
+        }
+    };
+}
+
+scalar_lanes!(f32, |t| f32::from_bits(t.to_bits().wrapping_add(127) << 23));
+scalar_lanes!(f64, |t| f64::from_bits(t.to_bits().wrapping_add(1023) << 52));
+
+/// `K` lanes of `T`, evaluated operation by operation.
+#[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
+pub(crate) struct Pack<T, const K: usize>(pub [T; K]);
+
+impl<T: Copy, const K: usize> Pack<T, K> {
+    #[inline(always)]
+    pub(crate) fn load(src: &[T]) -> Self {
+        Pack(src[..K].try_into().expect("a full pack"))
+    }
+    #[inline(always)]
+    pub(crate) fn store(self, dst: &mut [T]) {
+        dst[..K].copy_from_slice(&self.0);
+    }
+    #[inline(always)]
+    fn map(self, f: impl Fn(T) -> T) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = f(*x);
+        }
+        Pack(r)
+    }
+    #[inline(always)]
+    fn zip(self, o: Self, f: impl Fn(T, T) -> T) -> Self {
+        let mut r = self.0;
+        for (x, y) in r.iter_mut().zip(o.0) {
+            *x = f(*x, y);
+        }
+        Pack(r)
+    }
+}
+
+macro_rules! pack_binop {
+    ($tr:ident, $f:ident, $op:tt) => {
+        impl<T: Copy + $tr<Output = T>, const K: usize> $tr for Pack<T, K> {
+            type Output = Self;
+            #[inline(always)]
+            fn $f(self, o: Self) -> Self {
+                self.zip(o, |a, b| a $op b)
+            }
+        }
+    };
+}
+pack_binop!(Add, add, +);
+pack_binop!(Sub, sub, -);
+pack_binop!(Mul, mul, *);
+pack_binop!(Div, div, /);
+
+impl<T: Copy + Neg<Output = T>, const K: usize> Neg for Pack<T, K> {
+    type Output = Self;
+    #[inline(always)]
+    fn neg(self) -> Self {
+        self.map(|a| -a)
+    }
+}
+
+impl<T: Real + Lanes<S = T, Mask = bool>, const K: usize> Lanes for Pack<T, K> {
+    type S = T;
+    type Mask = [bool; K];
+    #[inline(always)]
+    fn splat(s: T) -> Self {
+        Pack([s; K])
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> [bool; K] {
+        let mut m = [false; K];
+        for k in 0..K {
+            m[k] = self.0[k] > o.0[k];
+        }
+        m
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> [bool; K] {
+        let mut m = [false; K];
+        for k in 0..K {
+            m[k] = self.0[k] < o.0[k];
+        }
+        m
+    }
+    #[inline(always)]
+    fn is_finite(self) -> [bool; K] {
+        let mut m = [false; K];
+        for k in 0..K {
+            m[k] = Lanes::is_finite(self.0[k]);
+        }
+        m
+    }
+    #[inline(always)]
+    fn select(m: [bool; K], a: Self, b: Self) -> Self {
+        let mut r = b.0;
+        for k in 0..K {
+            r[k] = if m[k] { a.0[k] } else { b.0[k] };
+        }
+        Pack(r)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        self.map(Lanes::abs)
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        self.map(Lanes::sqrt)
+    }
+    #[inline(always)]
+    fn mul_add<const FMA: bool>(self, b: Self, c: Self) -> Self {
+        let mut r = self.0;
+        for k in 0..K {
+            r[k] = Lanes::mul_add::<FMA>(self.0[k], b.0[k], c.0[k]);
+        }
+        Pack(r)
+    }
+    #[inline(always)]
+    fn map_lanes(self, f: impl Fn(T) -> T + Copy) -> Self {
+        self.map(f)
+    }
+    #[inline(always)]
+    fn pow2_shifted(self) -> Self {
+        self.map(T::pow2_shifted)
+    }
+}
+
+/// `J` lane groups evaluated side by side: every operation is applied to all `J` groups before
+/// the next, so `J` independent dependency chains are interleaved in program order.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Multi<V, const J: usize>(pub [V; J]);
+
+macro_rules! multi_binop {
+    ($tr:ident, $f:ident, $op:tt) => {
+        impl<V: Copy + $tr<Output = V>, const J: usize> $tr for Multi<V, J> {
+            type Output = Self;
+            #[inline(always)]
+            fn $f(self, o: Self) -> Self {
+                let mut r = self.0;
+                for j in 0..J {
+                    r[j] = self.0[j] $op o.0[j];
+                }
+                Multi(r)
+            }
+        }
+    };
+}
+multi_binop!(Add, add, +);
+multi_binop!(Sub, sub, -);
+multi_binop!(Mul, mul, *);
+multi_binop!(Div, div, /);
+
+impl<V: Copy + Neg<Output = V>, const J: usize> Neg for Multi<V, J> {
+    type Output = Self;
+    #[inline(always)]
+    fn neg(self) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = -*x;
+        }
+        Multi(r)
+    }
+}
+
+impl<V: Lanes, const J: usize> Lanes for Multi<V, J> {
+    type S = V::S;
+    type Mask = [V::Mask; J];
+    #[inline(always)]
+    fn splat(s: V::S) -> Self {
+        Multi([V::splat(s); J])
+    }
+    #[inline(always)]
+    fn gt(self, o: Self) -> Self::Mask {
+        let mut m = [self.0[0].gt(o.0[0]); J];
+        for j in 1..J {
+            m[j] = self.0[j].gt(o.0[j]);
+        }
+        m
+    }
+    #[inline(always)]
+    fn lt(self, o: Self) -> Self::Mask {
+        let mut m = [self.0[0].lt(o.0[0]); J];
+        for j in 1..J {
+            m[j] = self.0[j].lt(o.0[j]);
+        }
+        m
+    }
+    #[inline(always)]
+    fn is_finite(self) -> Self::Mask {
+        let mut m = [self.0[0].is_finite(); J];
+        for j in 1..J {
+            m[j] = self.0[j].is_finite();
+        }
+        m
+    }
+    #[inline(always)]
+    fn select(m: Self::Mask, a: Self, b: Self) -> Self {
+        let mut r = b.0;
+        for j in 0..J {
+            r[j] = V::select(m[j], a.0[j], b.0[j]);
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn abs(self) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = x.abs();
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = x.sqrt();
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn mul_add<const FMA: bool>(self, b: Self, c: Self) -> Self {
+        let mut r = self.0;
+        for j in 0..J {
+            r[j] = self.0[j].mul_add::<FMA>(b.0[j], c.0[j]);
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn map_lanes(self, f: impl Fn(V::S) -> V::S + Copy) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = x.map_lanes(f);
+        }
+        Multi(r)
+    }
+    #[inline(always)]
+    fn pow2_shifted(self) -> Self {
+        let mut r = self.0;
+        for x in r.iter_mut() {
+            *x = x.pow2_shifted();
+        }
+        Multi(r)
+    }
+}
+
+/// Branch-free `exp` for f32 lanes, for `x <= 88`: range reduction by `ln 2` (Cody-Waite, two
+/// constants), `e^r = 1 + r + r^2 P(r)` on `|r| <= ln(2)/2` with Cephes' degree-5 `expf`
+/// polynomial (Estrin form; relative error about 1.2e-7, i.e. about 1 ulp), and `2^n` built in
+/// the exponent bits. Arguments below -87 are raised to -87 so that `2^n` stays a normal number
+/// (the result is then `1.6e-38` instead of smaller); NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> V {
+    let c = V::splat;
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23
+    let x = V::select(x.lt(c(-87.0)), c(-87.0), x);
+    let t = x.mul_add::<FMA>(c(std::f32::consts::LOG2_E), c(SHIFTER));
+    let n = t - c(SHIFTER);
+    let r = n.mul_add::<FMA>(c(-0.693_359_4), x); // ln 2, high part (exact in 9 bits)
+    let r = n.mul_add::<FMA>(c(2.121_944_4e-4), r); // ln 2, low part
+    let r2 = r * r;
+    let p01 = r.mul_add::<FMA>(c(1.666_666_5e-1), c(5.000_000_1e-1));
+    let p23 = r.mul_add::<FMA>(c(8.333_452e-3), c(4.166_579_6e-2));
+    let p45 = r.mul_add::<FMA>(c(1.987_569_1e-4), c(1.398_2e-3));
+    let p = p45.mul_add::<FMA>(r2, p23).mul_add::<FMA>(r2, p01);
+    let y = p.mul_add::<FMA>(r2, r) + c(1.0);
+    y * t.pow2_shifted()
+}
+
+/// The two compute precisions: f32 (for f32, f16 and bf16 data) and f64.
+pub(crate) trait Real:
+    Lanes<S = Self, Mask = bool> + PartialOrd + Default + Send + Sync + 'static
 {
     const ZERO: Self;
     const ONE: Self;
@@ -32,11 +382,8 @@ pub(crate) trait Real:
     const EXP_CAP: Self;
     fn from_f64(x: f64) -> Self;
     fn to_f64(self) -> f64;
-    fn sqrt(self) -> Self;
-    fn abs(self) -> Self;
-    fn is_finite(self) -> bool;
-    /// `exp(x)` for `x <= EXP_CAP`; `FMA` says whether fused multiply-add is compiled in.
-    fn exp<const FMA: bool>(self) -> Self;
+    /// `exp` of lanes of this precision.
+    fn exp_of<L: Lanes<S = Self>, const FMA: bool>(x: L) -> L;
 }
 
 impl Real for f32 {
@@ -52,20 +399,8 @@ impl Real for f32 {
         self as f64
     }
     #[inline(always)]
-    fn sqrt(self) -> Self {
-        f32::sqrt(self)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f32::abs(self)
-    }
-    #[inline(always)]
-    fn is_finite(self) -> bool {
-        f32::abs(self) < f32::INFINITY
-    }
-    #[inline(always)]
-    fn exp<const FMA: bool>(self) -> Self {
-        exp_f32::<FMA>(self)
+    fn exp_of<L: Lanes<S = f32>, const FMA: bool>(x: L) -> L {
+        exp_f32::<L, FMA>(x)
     }
 }
 
@@ -81,73 +416,17 @@ impl Real for f64 {
     fn to_f64(self) -> f64 {
         self
     }
+    /// f64 is the validation precision: the platform's `exp`, lane by lane.
     #[inline(always)]
-    fn sqrt(self) -> Self {
-        f64::sqrt(self)
-    }
-    #[inline(always)]
-    fn abs(self) -> Self {
-        f64::abs(self)
-    }
-    #[inline(always)]
-    fn is_finite(self) -> bool {
-        f64::abs(self) < f64::INFINITY
-    }
-    /// f64 is the validation precision: the platform's correctly rounded-ish `exp`, per lane.
-    #[inline(always)]
-    fn exp<const FMA: bool>(self) -> Self {
-        f64::exp(self)
+    fn exp_of<L: Lanes<S = f64>, const FMA: bool>(x: L) -> L {
+        x.map_lanes(f64::exp)
     }
 }
 
 /// `if c { a } else { b }` as a select.
 #[inline(always)]
-pub(crate) fn sel<F: Copy>(c: bool, a: F, b: F) -> F {
-    if c {
-        a
-    } else {
-        b
-    }
-}
-
-/// `a*b + c`, fused where the instruction set has FMA (it is a libm call otherwise).
-#[inline(always)]
-fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Branch-free `exp` for f32, for `x <= 88`: range reduction by `ln 2` (Cody-Waite, two
-/// constants), a degree-7 minimax polynomial for `e^r` on `|r| <= ln(2)/2` (Cephes' `expf`
-/// coefficients, relative error about 1.2e-7, i.e. about 1 ulp), and `2^n` built in the exponent
-/// bits. Arguments below -87 are raised to -87 so that `2^n` stays a normal number (the result is
-/// then `1.6e-38` instead of smaller); NaN stays NaN.
-#[inline(always)]
-pub(crate) fn exp_f32<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4; // 0.693359375, exact in 9 bits
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding it rounds to an integer and leaves n in the low mantissa bits.
-    const SHIFTER: f32 = 12_582_912.0;
-    let x = sel(x < -87.0, -87.0, x);
-    let t = mul_add::<FMA>(x, LOG2E, SHIFTER);
-    let n = t - SHIFTER;
-    let r = mul_add::<FMA>(n, -LN2_HI, x);
-    let r = mul_add::<FMA>(n, -LN2_LO, r);
-    // e^r = 1 + r + r^2 * P(r), P of degree 5, in Estrin form for a short dependency chain.
-    let r2 = r * r;
-    let p01 = mul_add::<FMA>(1.666_666_5e-1, r, 5.000_000_1e-1);
-    let p23 = mul_add::<FMA>(8.333_452e-3, r, 4.166_579_6e-2);
-    let p45 = mul_add::<FMA>(1.987_569_1e-4, r, 1.398_2e-3);
-    let p = mul_add::<FMA>(mul_add::<FMA>(p45, r2, p23), r2, p01);
-    let y = mul_add::<FMA>(p, r2, r) + 1.0;
-    // The low 9 bits of t's pattern hold n (mod 512); shifted into the exponent field they give
-    // the biased exponent n + 127, which lies in [1, 254] for x in [-87, 88].
-    let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
-    y * scale
+pub(crate) fn sel<V: Lanes>(c: V::Mask, a: V, b: V) -> V {
+    V::select(c, a, b)
 }
 
 /// The parameters of one neuron (or of all, when scalar), resolved to the compute precision with
@@ -160,6 +439,8 @@ pub(crate) struct Coef<F> {
     pub v_spike: F,
     pub v_reset: F,
     pub delta_t: F,
+    /// `1 / delta_T`
+    pub inv_delta_t: F,
     pub a_current: F,
     pub a_spike: F,
     /// `dt * tau_mem_inv`
@@ -171,7 +452,7 @@ pub(crate) struct Coef<F> {
 }
 
 /// The number of fields of [`Coef`], in the order of [`Coef::to_array`].
-pub(crate) const N_COEF: usize = 10;
+pub(crate) const N_COEF: usize = 11;
 
 impl<F: Copy> Coef<F> {
     pub(crate) fn to_array(self) -> [F; N_COEF] {
@@ -181,12 +462,31 @@ impl<F: Copy> Coef<F> {
             self.v_spike,
             self.v_reset,
             self.delta_t,
+            self.inv_delta_t,
             self.a_current,
             self.a_spike,
             self.c_mem,
             self.c_syn,
             self.c_ada,
         ]
+    }
+
+    /// Every field splatted to a lane group.
+    #[inline(always)]
+    pub(crate) fn splat<V: Lanes<S = F>>(&self) -> Coef<V> {
+        Coef {
+            v_leak: V::splat(self.v_leak),
+            v_th: V::splat(self.v_th),
+            v_spike: V::splat(self.v_spike),
+            v_reset: V::splat(self.v_reset),
+            delta_t: V::splat(self.delta_t),
+            inv_delta_t: V::splat(self.inv_delta_t),
+            a_current: V::splat(self.a_current),
+            a_spike: V::splat(self.a_spike),
+            c_mem: V::splat(self.c_mem),
+            c_syn: V::splat(self.c_syn),
+            c_ada: V::splat(self.c_ada),
+        }
     }
 
     #[inline(always)]
@@ -197,41 +497,49 @@ impl<F: Copy> Coef<F> {
             v_spike: a[2],
             v_reset: a[3],
             delta_t: a[4],
-            a_current: a[5],
-            a_spike: a[6],
-            c_mem: a[7],
-            c_syn: a[8],
-            c_ada: a[9],
+            inv_delta_t: a[5],
+            a_current: a[6],
+            a_spike: a[7],
+            c_mem: a[8],
+            c_syn: a[9],
+            c_ada: a[10],
         }
     }
 }
 
 /// The membrane update before the spike: `(v_dec, e, capped)` with
-/// `v_dec = v + dt*tau_mem_inv*(((v_leak - v) + delta_T*exp(u)) + i_jump - a)`,
+/// `v_dec = v + dt*tau_mem_inv*((v_leak - v) + delta_T*exp(u) + i_jump - a)`,
 /// `u = (v - v_th)/delta_T` capped at `EXP_CAP` (`capped` says the cap was hit).
+///
+/// Evaluated for a short dependency chain (the exp is the long pole): `u` by the reciprocal of
+/// `delta_T`, the exp-independent part of the bracket summed while `exp` runs, then two
+/// multiply-adds. This differs from the reference path's order by a few ulp of `v_dec`.
 #[inline(always)]
-fn membrane<F: Real, const FMA: bool>(c: &Coef<F>, v: F, i_jump: F, a: F) -> (F, F, bool) {
-    let u = (v - c.v_th) / c.delta_t;
-    let capped = u > F::EXP_CAP;
-    let e = sel(capped, F::EXP_CAP, u).exp::<FMA>();
-    let v_dec = v + ((((c.v_leak - v) + c.delta_t * e) + i_jump) - a) * c.c_mem;
+fn membrane<V: Lanes, const FMA: bool>(c: &Coef<V>, v: V, i_jump: V, a: V) -> (V, V, V::Mask) {
+    let cap = V::splat(V::S::EXP_CAP);
+    let u = (v - c.v_th) * c.inv_delta_t;
+    let capped = u.gt(cap);
+    let e = sel(capped, cap, u).exp::<FMA>();
+    let base = ((c.v_leak - v) + i_jump) - a;
+    let v_dec = c.delta_t.mul_add::<FMA>(e, base).mul_add::<FMA>(c.c_mem, v);
     (v_dec, e, capped)
 }
 
 /// One AdEx update from the state `(v, a)` driven by `i_jump` (the synaptic current after the
 /// input jump; the input current itself for the encoder). Returns `(z, v_new, a_new)`.
 #[inline(always)]
-pub(crate) fn update<F: Real, const FMA: bool>(c: &Coef<F>, v: F, i_jump: F, a: F) -> (F, F, F) {
-    let (v_dec, _, _) = membrane::<F, FMA>(c, v, i_jump, a);
+pub(crate) fn update<V: Lanes, const FMA: bool>(c: &Coef<V>, v: V, i_jump: V, a: V) -> (V, V, V) {
+    let (v_dec, _, _) = membrane::<V, FMA>(c, v, i_jump, a);
     let a_dec = a + (c.a_current * (v - c.v_leak) - a) * c.c_ada;
-    let spike = v_dec - c.v_spike > F::ZERO;
-    let z = sel(spike, F::ONE, F::ZERO);
+    // `v_dec - v_spike > 0` and `v_dec > v_spike` agree for all floats.
+    let spike = v_dec.gt(c.v_spike);
+    let z = sel(spike, V::splat(V::S::ONE), V::splat(V::S::ZERO));
     (z, sel(spike, c.v_reset, v_dec), a_dec + z * c.a_spike)
 }
 
 /// `i_new = i_jump - dt*tau_syn_inv*i_jump`.
 #[inline(always)]
-pub(crate) fn synapse<F: Real>(c: &Coef<F>, i_jump: F) -> F {
+pub(crate) fn synapse<V: Lanes>(c: &Coef<V>, i_jump: V) -> V {
     i_jump - i_jump * c.c_syn
 }
 
@@ -239,21 +547,22 @@ pub(crate) fn synapse<F: Real>(c: &Coef<F>, i_jump: F) -> F {
 /// `heaviside` gives 0. `tanh` uses `1 - tanh(y)^2 = 4t/(1+t)^2` with `t = exp(-2|y|)`, which
 /// never overflows.
 #[inline(always)]
-pub(crate) fn surrogate<F: Real, const FMA: bool>(method: SurrogateMethod, alpha: F, x: F) -> F {
-    let two = F::ONE + F::ONE;
+pub(crate) fn surrogate<V: Lanes, const FMA: bool>(method: SurrogateMethod, alpha: V, x: V) -> V {
+    let one = V::splat(V::S::ONE);
+    let zero = V::splat(V::S::ZERO);
     match method {
         SurrogateMethod::Super => {
-            let d = alpha * x.abs() + F::ONE;
-            F::ONE / (d * d)
+            let d = alpha * x.abs() + one;
+            one / (d * d)
         }
         SurrogateMethod::Triangle => {
-            let r = F::ONE - x.abs();
-            alpha * sel(r > F::ZERO, r, F::ZERO)
+            let r = one - x.abs();
+            alpha * sel(r.gt(zero), r, zero)
         }
         SurrogateMethod::Tanh => {
-            let t = (-(two * (alpha * x).abs())).exp::<FMA>();
-            let d = F::ONE + t;
-            (two * two * t) / (d * d)
+            let t = (-((one + one) * (alpha * x).abs())).exp::<FMA>();
+            let d = one + t;
+            (V::splat(V::S::from_f64(4.0)) * t) / (d * d)
         }
         SurrogateMethod::Circ => {
             let q = alpha * alpha + x * x;
@@ -261,19 +570,19 @@ pub(crate) fn surrogate<F: Real, const FMA: bool>(method: SurrogateMethod, alpha
         }
         SurrogateMethod::HeaviErfc => {
             let y = alpha * x;
-            F::from_f64(std::f64::consts::FRAC_2_SQRT_PI) * (-(y * y)).exp::<FMA>()
+            V::splat(V::S::from_f64(std::f64::consts::FRAC_2_SQRT_PI)) * (-(y * y)).exp::<FMA>()
         }
-        SurrogateMethod::Heaviside => F::ZERO,
+        SurrogateMethod::Heaviside => zero,
     }
 }
 
 /// Gradients leaving one step backwards: with respect to `i_jump` (equal to the gradients of
 /// the input current and of the previous synaptic current), `v` and `a`.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct StepGrad<F> {
-    pub i_jump: F,
-    pub v: F,
-    pub a: F,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StepGrad<V> {
+    pub i_jump: V,
+    pub v: V,
+    pub a: V,
 }
 
 /// The backward of one step (the adjoint of [`update`] and [`synapse`]), recomputing what it
@@ -286,32 +595,33 @@ pub(crate) struct StepGrad<F> {
 /// derivatives, which are norse's.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn update_backward<F: Real, const FMA: bool>(
-    c: &Coef<F>,
+pub(crate) fn update_backward<V: Lanes, const FMA: bool>(
+    c: &Coef<V>,
     method: SurrogateMethod,
-    alpha: F,
-    v: F,
-    i_jump: F,
-    a: F,
-    gz: F,
-    gv: F,
-    gi: F,
-    ga: F,
-) -> StepGrad<F> {
-    let (v_dec, e, capped) = membrane::<F, FMA>(c, v, i_jump, a);
+    alpha: V,
+    v: V,
+    i_jump: V,
+    a: V,
+    gz: V,
+    gv: V,
+    gi: V,
+    ga: V,
+) -> StepGrad<V> {
+    let zero = V::splat(V::S::ZERO);
+    let (v_dec, e, capped) = membrane::<V, FMA>(c, v, i_jump, a);
     let s = v_dec - c.v_spike;
-    let spike = s > F::ZERO;
-    let jump = sel(v_dec.is_finite(), c.v_reset - v_dec, F::ZERO);
+    let spike = s.gt(zero);
+    let jump = sel(v_dec.is_finite(), c.v_reset - v_dec, zero);
     let gz_total = gz + ga * c.a_spike + gv * jump;
     let g_s = sel(
         s.is_finite(),
-        gz_total * surrogate::<F, FMA>(method, alpha, s),
-        F::ZERO,
+        gz_total * surrogate::<V, FMA>(method, alpha, s),
+        zero,
     );
-    let g_vdec = sel(spike, F::ZERO, gv) + g_s;
+    let g_vdec = sel(spike, zero, gv) + g_s;
     // v_dec = v + bracket*c_mem, bracket = ((v_leak - v) + delta_T*e) + i_jump - a
     let g_bracket = g_vdec * c.c_mem;
-    let g_exp = sel(capped, F::ZERO, g_bracket * e);
+    let g_exp = sel(capped, zero, g_bracket * e);
     // a_dec = a + (a_current*(v - v_leak) - a)*c_ada
     let g_ada = ga * c.c_ada;
     StepGrad {
@@ -332,9 +642,9 @@ mod tests {
         while x <= 88.0 {
             for fma in [false, true] {
                 let got = if fma {
-                    exp_f32::<true>(x)
+                    exp_f32::<f32, true>(x)
                 } else {
-                    exp_f32::<false>(x)
+                    exp_f32::<f32, false>(x)
                 } as f64;
                 let want = (x as f64).exp();
                 let rel = ((got - want) / want).abs();
@@ -343,10 +653,10 @@ mod tests {
             x += 0.001_37;
         }
         assert!(worst < 2.4e-7, "max relative error {worst}");
-        assert!(exp_f32::<false>(f32::NAN).is_nan());
-        assert_eq!(exp_f32::<true>(0.0), 1.0);
-        assert!(exp_f32::<false>(-1e30) > 0.0);
-        assert!(exp_f32::<false>(88.0).is_finite());
+        assert!(exp_f32::<f32, false>(f32::NAN).is_nan());
+        assert_eq!(exp_f32::<f32, true>(0.0), 1.0);
+        assert!(exp_f32::<f32, false>(-1e30) > 0.0);
+        assert!(exp_f32::<f32, false>(88.0).is_finite());
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub(crate) fn resolve_coefs<F: Real>(
         },
         plain(&p.v_reset)?,
         plain(&p.delta_t)?,
+        plain(&p.delta_t)?.into_iter().map(|d| F::ONE / d).collect(),
         plain(&p.adaptation_current)?,
         plain(&p.adaptation_spike)?,
         timed(&p.tau_mem_inv)?,
