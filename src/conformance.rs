@@ -636,8 +636,12 @@ impl Case<'_> {
         )?;
         let mut measures = self.state_measures("compat_", &c, 32.0 * u, false);
         // our Euler encoder on the same inputs must stay finite
-        let ours =
-            crate::ops::lif_adex_current_encoder_seq(&xs, &EncoderState { v: v0, a: a0 }, &p, true)?;
+        let ours = crate::ops::lif_adex_current_encoder_seq(
+            &xs,
+            &EncoderState { v: v0, a: a0 },
+            &p,
+            true,
+        )?;
         let rec = ours.recorded.expect("recorded");
         let nonfinite = [&rec.v, &rec.a]
             .iter()

@@ -40,11 +40,11 @@ pub mod reference;
 pub mod state;
 pub mod surrogate;
 
-pub use params::{AdexParameters, Param};
 pub use ops::{
     lif_adex_current_encoder, lif_adex_current_encoder_seq, lif_adex_feed_forward_seq,
     lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step,
 };
+pub use params::{AdexParameters, Param};
 pub use reference::{
     lif_adex_current_encoder_norse_1_1_0, lif_adex_current_encoder_norse_1_1_0_seq, Sequence,
 };

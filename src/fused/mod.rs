@@ -255,14 +255,19 @@ impl SeqOp {
         coefs: &Coefs<E::F>,
     ) -> Result<(CpuStorage, Shape)> {
         let s = self.neuron.state_len();
-        let t = if m == 0 { 0 } else { xs.len() / m };
+        let t = xs.len().checked_div(m).unwrap_or(0);
         let rows = t + s + if self.record { s * t } else { 0 };
         let mut out = zeros::<E>(rows * m);
         {
             let mut parts = split_rows(
                 &mut out,
                 m,
-                &[&[t][..], &vec![1; s], &vec![if self.record { t } else { 0 }; s]].concat(),
+                &[
+                    &[t][..],
+                    &vec![1; s],
+                    &vec![if self.record { t } else { 0 }; s],
+                ]
+                .concat(),
             );
             let rec: Vec<_> = parts.split_off(1 + s);
             let last: Vec<_> = parts.split_off(1);
@@ -312,16 +317,22 @@ impl SeqOp {
             }};
         }
         match (xs.0.dtype(), self.coefs.as_ref()) {
-            (DType::F32, &AnyCoefs::F32(ref c)) => run!(f32, c),
-            (DType::F16, &AnyCoefs::F32(ref c)) => run!(f16, c),
-            (DType::BF16, &AnyCoefs::F32(ref c)) => run!(bf16, c),
-            (DType::F64, &AnyCoefs::F64(ref c)) => run!(f64, c),
+            (DType::F32, AnyCoefs::F32(c)) => run!(f32, c),
+            (DType::F16, AnyCoefs::F32(c)) => run!(f16, c),
+            (DType::BF16, AnyCoefs::F32(c)) => run!(bf16, c),
+            (DType::F64, AnyCoefs::F64(c)) => run!(f64, c),
             (dt, _) => bail!("fused AdEx: unsupported dtype {dt:?}"),
         }
     }
 
     /// Gradients of `(xs, state)` given the packed output gradient.
-    fn bwd_all(&self, xs: &Tensor, x2: Option<&Tensor>, st: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    fn bwd_all(
+        &self,
+        xs: &Tensor,
+        x2: Option<&Tensor>,
+        st: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let dtype = xs.dtype();
         match &*self.coefs {
             AnyCoefs::F32(c) => self.bwd_typed::<f32>(xs, x2, st, grad, c, dtype),
@@ -339,7 +350,9 @@ impl SeqOp {
         dtype: DType,
     ) -> Result<(Tensor, Tensor)> {
         let host = |t: &Tensor| -> Result<Vec<F>> {
-            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?.flatten_all()?.to_vec1::<F>()
+            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?
+                .flatten_all()?
+                .to_vec1::<F>()
         };
         let (t, m) = xs.dims2()?;
         let s = self.neuron.state_len();
@@ -352,9 +365,13 @@ impl SeqOp {
         {
             let row = |k: usize| &g_h[k * m..(k + 1) * m];
             let g_last: Vec<&[F]> = (0..s).map(|k| row(t + k)).collect();
-            let g_rec: Vec<&[F]> = (0..s)
-                .map(|k| &g_h[(t + s + k * t) * m..(t + s + (k + 1) * t) * m])
-                .collect();
+            let g_rec: Vec<&[F]> = if self.record {
+                (0..s)
+                    .map(|k| &g_h[(t + s + k * t) * m..(t + s + (k + 1) * t) * m])
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let neuron = self.neuron;
             fn expand<T>(neuron: Neuron, v: Vec<&[T]>) -> [&[T]; 3] {
                 match neuron {
@@ -471,7 +488,8 @@ fn run_flat(
     u8_spikes: bool,
 ) -> Result<Flat> {
     let coefs = AnyCoefs::new(p, n, xs.dtype(), xs.device())?;
-    let tracked = xs.track_op() || x2.is_some_and(|x| x.track_op()) || state.iter().any(|s| s.track_op());
+    let tracked =
+        xs.track_op() || x2.is_some_and(|x| x.track_op()) || state.iter().any(|s| s.track_op());
     let (t, m) = xs.dims2()?;
     if tracked {
         if u8_spikes {
@@ -611,6 +629,7 @@ fn check_supported(op: &str, p: &AdexParameters, device: &Device) -> Result<()> 
 
 /// A time-first elementwise sequence through the fused kernel, with the same checks and
 /// results as the reference path's.
+#[allow(clippy::too_many_arguments)]
 fn seq_fused<S: StateTensors>(
     op: &str,
     neuron: Neuron,
@@ -940,7 +959,10 @@ pub fn lif_adex_step(
 
 /// The recurrent state converted to `dtype`.
 fn cast_state(s: &RecurrentState, dtype: DType) -> Result<RecurrentState> {
-    Ok(RecurrentState::from_list(reference::cast_all(&s.to_list(), dtype)?))
+    Ok(RecurrentState::from_list(reference::cast_all(
+        &s.to_list(),
+        dtype,
+    )?))
 }
 
 /// A recurrent sequence `xs [T, ..., I]`: the input projection for all `T` in one matrix
@@ -972,7 +994,13 @@ pub fn lif_adex_seq(
     reference::check_sequence_input(OP, xs)?;
     let list = state.to_list();
     reference::check_step::<RecurrentState>(OP, xs, &xs.dims()[1..], &list, false)?;
-    reference::check_weights(OP, &xs.dims()[1..], &list[0], input_weights, recurrent_weights)?;
+    reference::check_weights(
+        OP,
+        &xs.dims()[1..],
+        &list[0],
+        input_weights,
+        recurrent_weights,
+    )?;
     check_supported(OP, p, xs.device())?;
     // The state stays in the compute dtype between steps (f32 for half types), as in the
     // reference path; outputs are rounded once at the end.
@@ -1032,7 +1060,12 @@ struct IntoOp<'a> {
 }
 
 impl IntoOp<'_> {
-    fn run<E: Elem, O: Elem>(&self, out: &mut CpuStorage, layout: &Layout, coefs: &Coefs<E::F>) -> Result<()> {
+    fn run<E: Elem, O: Elem>(
+        &self,
+        out: &mut CpuStorage,
+        layout: &Layout,
+        coefs: &Coefs<E::F>,
+    ) -> Result<()> {
         let (t, m) = self.xs.dims2()?;
         let Some((a, b)) = layout.contiguous_offsets() else {
             bail!("fused AdEx: the spike buffer must be contiguous");
@@ -1119,7 +1152,13 @@ impl candle_core::InplaceOp1 for CopyIn<'_> {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        fn copy<E: Elem>(src: &CpuStorage, dst: &mut CpuStorage, at: (usize, usize), off: usize, len: usize) -> Result<()> {
+        fn copy<E: Elem>(
+            src: &CpuStorage,
+            dst: &mut CpuStorage,
+            at: (usize, usize),
+            off: usize,
+            len: usize,
+        ) -> Result<()> {
             let (Ok(s), Some(d)) = (E::cpu_storage_as_slice(src), E::slice_mut(dst)) else {
                 bail!("fused AdEx: state dtype mismatch");
             };

@@ -1,0 +1,670 @@
+//! The fused CPU kernels held to the reference path: every dtype, every instruction-set path
+//! this CPU has, odd sizes, per-neuron parameters, strided inputs, recording, threads and
+//! streaming stores, u8 spikes and caller-owned buffers; gradients for every surrogate method.
+
+use candle_adex::fused::cpu::{with_isa, Isa};
+use candle_adex::{fused, reference, AdexParameters, EncoderState, FeedForwardState, Param};
+use candle_adex::{RecurrentState, Sequence, SurrogateMethod};
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
+
+/// Input currents around the firing threshold: mostly sub-threshold drive with bursts.
+fn currents(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
+    let dev = Device::Cpu;
+    let n: usize = shape.iter().product();
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            let u = (s >> 11) as f32 / (1u64 << 53) as f32;
+            if u < 0.1 {
+                40.0 * u
+            } else {
+                3.0 * u - 0.5
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &dev)?.to_dtype(dtype)
+}
+
+fn per_neuron_params(n: usize) -> Result<AdexParameters> {
+    let dev = Device::Cpu;
+    let ramp = |lo: f32, hi: f32| -> Result<Param> {
+        let v: Vec<f32> = (0..n)
+            .map(|k| lo + (hi - lo) * k as f32 / n.max(2) as f32)
+            .collect();
+        Ok(Param::Tensor(Tensor::from_vec(v, n, &dev)?))
+    };
+    Ok(AdexParameters {
+        v_th: ramp(0.8, 1.2)?,
+        tau_mem_inv: ramp(50.0, 150.0)?,
+        adaptation_current: ramp(0.0, 6.0)?,
+        delta_t: ramp(0.3, 0.7)?,
+        adaptation_spike: 0.05.into(),
+        ..Default::default()
+    })
+}
+
+fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
+}
+
+/// Tolerances (absolute + relative) for states of `dtype` after a sequence.
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-11,
+        DType::F32 => 2e-4,
+        DType::F16 => 4e-3,
+        _ => 2e-2,
+    }
+}
+
+/// Spikes `[T, ..., N]` and states compared neuron by neuron: a neuron whose spike train differs
+/// (a flip near threshold) is counted and excluded from the state comparison.
+fn compare(
+    what: &str,
+    dtype: DType,
+    fast_spikes: &Tensor,
+    slow_spikes: &Tensor,
+    fast_states: &[(&str, &Tensor)],
+    slow_states: &[&Tensor],
+    steps: usize,
+) -> Result<usize> {
+    assert_eq!(
+        fast_spikes.dims(),
+        slow_spikes.dims(),
+        "{what}: spike shape"
+    );
+    assert_eq!(fast_spikes.dtype(), dtype, "{what}: spike dtype");
+    let (a, b) = (to_f64(fast_spikes)?, to_f64(slow_spikes)?);
+    let m = a.len() / steps.max(1);
+    let mut bad_neuron = vec![false; m];
+    let mut flips = 0;
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(*x == 0.0 || *x == 1.0, "{what}: spike value {x}");
+        if x != y {
+            flips += 1;
+            bad_neuron[k % m] = true;
+        }
+    }
+    let allowed = 2 + a.len() / 10_000;
+    if dtype == DType::F64 {
+        assert_eq!(flips, 0, "{what}: f64 spike flips");
+    }
+    assert!(
+        flips <= allowed,
+        "{what}: {flips} spike flips in {}",
+        a.len()
+    );
+    for ((name, f), s) in fast_states.iter().zip(slow_states) {
+        assert_eq!(f.dims(), s.dims(), "{what}: {name} shape");
+        assert_eq!(f.dtype(), dtype, "{what}: {name} dtype");
+        let (x, y) = (to_f64(f)?, to_f64(s)?);
+        let per = x.len() / m;
+        for (k, (p, q)) in x.iter().zip(&y).enumerate() {
+            if bad_neuron[k % m] {
+                continue;
+            }
+            let t = tol(dtype) * (1.0 + q.abs());
+            assert!(
+                (p - q).abs() <= t || (p.is_nan() && q.is_nan()),
+                "{what}: {name}[{k}] (of {per} per neuron): fused {p} vs reference {q}"
+            );
+        }
+    }
+    Ok(flips)
+}
+
+fn compare_ff(
+    what: &str,
+    dtype: DType,
+    fast: &Sequence<FeedForwardState>,
+    slow: &Sequence<FeedForwardState>,
+) -> Result<usize> {
+    let steps = slow.spikes.dim(0)?;
+    let (f, s) = (&fast.state, &slow.state);
+    let mut fs = vec![("v", &f.v), ("i", &f.i), ("a", &f.a)];
+    let mut ss = vec![&s.v, &s.i, &s.a];
+    if let (Some(fr), Some(sr)) = (&fast.recorded, &slow.recorded) {
+        fs.extend([("rec v", &fr.v), ("rec i", &fr.i), ("rec a", &fr.a)]);
+        ss.extend([&sr.v, &sr.i, &sr.a]);
+    }
+    assert_eq!(fast.recorded.is_some(), slow.recorded.is_some());
+    compare(what, dtype, &fast.spikes, &slow.spikes, &fs, &ss, steps)
+}
+
+#[test]
+fn feed_forward_sequence_matches_reference_for_every_dtype_and_isa() -> Result<()> {
+    let dev = Device::Cpu;
+    let mut total_flips = 0;
+    let mut total = 0;
+    for isa in Isa::available() {
+        for dtype in DTYPES {
+            for (steps, state_shape, per_neuron, record) in [
+                (1, vec![3usize, 37], false, true),
+                (257, vec![2, 131], false, false),
+                (60, vec![1000], true, true),
+                (9, vec![5], true, false),
+            ] {
+                let n = *state_shape.last().unwrap();
+                let p = if per_neuron {
+                    per_neuron_params(n)?
+                } else {
+                    AdexParameters::default()
+                };
+                let mut dims = vec![steps];
+                dims.extend(&state_shape);
+                let xs = currents(&dims, dtype, steps as u64 + n as u64)?;
+                let s0 = FeedForwardState {
+                    v: currents(&state_shape, dtype, 7)?,
+                    i: currents(&state_shape, dtype, 8)?,
+                    a: (currents(&state_shape, dtype, 9)? * 0.1)?,
+                };
+                let fast = with_isa(isa, || {
+                    fused::lif_adex_feed_forward_seq(&xs, &s0, &p, record)
+                })??;
+                let slow = reference::lif_adex_feed_forward_seq(&xs, &s0, &p, record)?;
+                let what =
+                    format!("{isa:?} {dtype:?} T={steps} {state_shape:?} per_neuron={per_neuron}");
+                total_flips += compare_ff(&what, dtype, &fast, &slow)?;
+                total += xs.elem_count();
+            }
+        }
+    }
+    // The flip rate (a last-bit difference near threshold) is reported, and bounded.
+    println!("spike flips: {total_flips} in {total} neuron-steps");
+    assert!(
+        total_flips * 10_000 <= total,
+        "{total_flips} flips in {total}"
+    );
+    let _ = dev;
+    Ok(())
+}
+
+#[test]
+fn strided_and_batched_inputs_give_the_contiguous_result() -> Result<()> {
+    let p = AdexParameters::default();
+    // [N, B, T] transposed to [T, B, N]: not contiguous.
+    let base = currents(&[29, 3, 70], DType::F32, 3)?;
+    let xs = base.permute((2, 1, 0))?;
+    assert!(!xs.is_contiguous());
+    let s0 = FeedForwardState::initial(&p, (3, 29), DType::F32, &Device::Cpu)?;
+    // A strided state: every other column of a wider tensor.
+    let wide = currents(&[3, 58], DType::F32, 4)?;
+    let v = wide.narrow(1, 0, 29)?;
+    let s1 = FeedForwardState {
+        v: v.clone(),
+        ..s0.clone()
+    };
+    for s in [&s0, &s1] {
+        let a = fused::lif_adex_feed_forward_seq(&xs, s, &p, true)?;
+        let sc = FeedForwardState {
+            v: s.v.contiguous()?,
+            i: s.i.clone(),
+            a: s.a.clone(),
+        };
+        let b = fused::lif_adex_feed_forward_seq(&xs.contiguous()?, &sc, &p, true)?;
+        assert_eq!(to_f64(&a.spikes)?, to_f64(&b.spikes)?);
+        assert_eq!(to_f64(&a.state.v)?, to_f64(&b.state.v)?);
+        assert_eq!(
+            to_f64(&a.recorded.unwrap().a)?,
+            to_f64(&b.recorded.unwrap().a)?
+        );
+        let r = reference::lif_adex_feed_forward_seq(&xs, s, &p, false)?;
+        compare_ff("strided", DType::F32, &a_no_rec(&xs, s, &p)?, &r)?;
+    }
+    Ok(())
+}
+
+fn a_no_rec(
+    xs: &Tensor,
+    s: &FeedForwardState,
+    p: &AdexParameters,
+) -> Result<Sequence<FeedForwardState>> {
+    fused::lif_adex_feed_forward_seq(xs, s, p, false)
+}
+
+#[test]
+fn steps_equal_the_reference_steps_and_one_step_sequences() -> Result<()> {
+    for dtype in DTYPES {
+        let p = per_neuron_params(41)?;
+        let x = currents(&[4, 41], dtype, 11)?;
+        let s = FeedForwardState {
+            v: currents(&[4, 41], dtype, 12)?,
+            i: currents(&[4, 41], dtype, 13)?,
+            a: currents(&[4, 41], dtype, 14)?,
+        };
+        let (zf, sf) = fused::lif_adex_feed_forward_step(&x, &s, &p)?;
+        let (zr, sr) = reference::lif_adex_feed_forward_step(&x, &s, &p)?;
+        compare(
+            &format!("step {dtype:?}"),
+            dtype,
+            &zf,
+            &zr,
+            &[("v", &sf.v), ("i", &sf.i), ("a", &sf.a)],
+            &[&sr.v, &sr.i, &sr.a],
+            1,
+        )?;
+        let seq = fused::lif_adex_feed_forward_seq(&x.unsqueeze(0)?, &s, &p, false)?;
+        assert_eq!(to_f64(&seq.spikes.squeeze(0)?)?, to_f64(&zf)?);
+        assert_eq!(to_f64(&seq.state.v)?, to_f64(&sf.v)?);
+        // The encoder step.
+        let es = EncoderState {
+            v: s.v.clone(),
+            a: s.a.clone(),
+        };
+        let (zf, ef) = fused::lif_adex_current_encoder(&x, &es, &p)?;
+        let (zr, er) = reference::lif_adex_current_encoder(&x, &es, &p)?;
+        compare(
+            &format!("encoder step {dtype:?}"),
+            dtype,
+            &zf,
+            &zr,
+            &[("v", &ef.v), ("a", &ef.a)],
+            &[&er.v, &er.a],
+            1,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn encoder_sequence_matches_reference() -> Result<()> {
+    for isa in Isa::available() {
+        for dtype in DTYPES {
+            let p = per_neuron_params(77)?;
+            let xs = (currents(&[150, 2, 77], dtype, 21)? * 30.0)?;
+            let s0 = EncoderState::initial(&p, (2, 77), dtype, &Device::Cpu)?;
+            let f = with_isa(isa, || {
+                fused::lif_adex_current_encoder_seq(&xs, &s0, &p, true)
+            })??;
+            let r = reference::lif_adex_current_encoder_seq(&xs, &s0, &p, true)?;
+            let (fr, rr) = (f.recorded.unwrap(), r.recorded.unwrap());
+            compare(
+                &format!("encoder {isa:?} {dtype:?}"),
+                dtype,
+                &f.spikes,
+                &r.spikes,
+                &[
+                    ("v", &f.state.v),
+                    ("a", &f.state.a),
+                    ("rec v", &fr.v),
+                    ("rec a", &fr.a),
+                ],
+                &[&r.state.v, &r.state.a, &rr.v, &rr.a],
+                150,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn recurrent_step_and_sequence_match_reference() -> Result<()> {
+    let dev = Device::Cpu;
+    for dtype in DTYPES {
+        let (inp, hid) = (13, 37);
+        let p = AdexParameters::default();
+        let xs = currents(&[40, 3, inp], dtype, 31)?;
+        let w_in = (currents(&[hid, inp], DType::F32, 32)? * 2.0)?.to_dtype(dtype)?;
+        let w_rec = (currents(&[hid, hid], DType::F32, 33)? - 1.0)?.to_dtype(dtype)?;
+        let s0 = RecurrentState::initial(&p, (3, hid), dtype, &dev)?;
+        let f = fused::lif_adex_seq(&xs, &s0, &w_in, &w_rec, &p, true)?;
+        let r = reference::lif_adex_seq(&xs, &s0, &w_in, &w_rec, &p, true)?;
+        let (fr, rr) = (f.recorded.unwrap(), r.recorded.unwrap());
+        let fl = compare(
+            &format!("recurrent seq {dtype:?}"),
+            dtype,
+            &f.spikes,
+            &r.spikes,
+            &[
+                ("v", &f.state.v),
+                ("i", &f.state.i),
+                ("z", &f.state.z),
+                ("rec v", &fr.v),
+            ],
+            &[&r.state.v, &r.state.i, &r.state.z, &rr.v],
+            40,
+        )?;
+        // A flip changes the recurrent input of every neuron afterwards; none expected here.
+        assert_eq!(fl, 0, "recurrent {dtype:?}");
+        let (zf, sf) = fused::lif_adex_step(&xs.get(0)?, &f.state, &w_in, &w_rec, &p)?;
+        let (zr, sr) = reference::lif_adex_step(&xs.get(0)?, &f.state, &w_in, &w_rec, &p)?;
+        compare(
+            &format!("recurrent step {dtype:?}"),
+            dtype,
+            &zf,
+            &zr,
+            &[("v", &sf.v), ("i", &sf.i), ("a", &sf.a)],
+            &[&sr.v, &sr.i, &sr.a],
+            1,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn u8_spikes_and_caller_buffers_equal_the_allocating_call() -> Result<()> {
+    let dev = Device::Cpu;
+    let p = AdexParameters::default();
+    for dtype in DTYPES {
+        let xs = currents(&[90, 2, 53], dtype, 41)?;
+        let s0 = FeedForwardState::initial(&p, (2, 53), dtype, &dev)?;
+        let full = fused::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+        let bytes = fused::lif_adex_feed_forward_seq_u8(&xs, &s0, &p, false)?;
+        assert_eq!(bytes.spikes.dtype(), DType::U8);
+        assert_eq!(to_f64(&bytes.spikes)?, to_f64(&full.spikes)?);
+        for spike_dtype in [dtype, DType::U8] {
+            let state = FeedForwardState::initial(&p, (2, 53), dtype, &dev)?;
+            let spikes = Tensor::full(7u8, (90, 2, 53), &dev)?.to_dtype(spike_dtype)?;
+            fused::lif_adex_feed_forward_seq_into(&xs, &state, &p, &spikes)?;
+            assert_eq!(to_f64(&spikes)?, to_f64(&full.spikes)?, "{dtype:?} into");
+            assert_eq!(to_f64(&state.v)?, to_f64(&full.state.v)?);
+            assert_eq!(to_f64(&state.i)?, to_f64(&full.state.i)?);
+            assert_eq!(to_f64(&state.a)?, to_f64(&full.state.a)?);
+        }
+        let es = EncoderState::initial(&p, (2, 53), dtype, &dev)?;
+        let enc = fused::lif_adex_current_encoder_seq(&xs, &es, &p, false)?;
+        let spikes = Tensor::zeros((90, 2, 53), DType::U8, &dev)?;
+        fused::lif_adex_current_encoder_seq_into(&xs, &es, &p, &spikes)?;
+        assert_eq!(to_f64(&spikes)?, to_f64(&enc.spikes)?);
+        assert_eq!(to_f64(&es.a)?, to_f64(&enc.state.a)?);
+    }
+    Ok(())
+}
+
+#[test]
+fn threaded_and_streaming_calls_match_reference() -> Result<()> {
+    let p = AdexParameters::default();
+    // 1100 x 4000 f32 spikes = 17.6 MB: threads, streaming stores and shifted block boundaries.
+    let xs = currents(&[1100, 4000], DType::F32, 51)?;
+    let s0 = FeedForwardState::initial(&p, 4000, DType::F32, &Device::Cpu)?;
+    let f = fused::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+    let r = reference::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+    compare_ff("threaded, streamed", DType::F32, &f, &r)?;
+    // The same input in caller buffers, u8 spikes, in a view that starts off a cache line.
+    let state = FeedForwardState::initial(&p, 4000, DType::F32, &Device::Cpu)?;
+    let big = Tensor::zeros(1100 * 4000 + 5, DType::U8, &Device::Cpu)?;
+    let spikes = big.narrow(0, 5, 1100 * 4000)?.reshape((1100, 4000))?;
+    fused::lif_adex_feed_forward_seq_into(&xs, &state, &p, &spikes)?;
+    assert_eq!(to_f64(&spikes)?, to_f64(&f.spikes)?);
+    Ok(())
+}
+
+/// Gradients of a loss over spikes, final state and recorded states, with respect to the input
+/// and the initial state, through `run`.
+fn grads(
+    xs: &Tensor,
+    s0: &FeedForwardState,
+    run: impl Fn(&Tensor, &FeedForwardState) -> Result<Sequence<FeedForwardState>>,
+) -> Result<Vec<Vec<f64>>> {
+    let vars = [xs, &s0.v, &s0.i, &s0.a].map(|t| Var::from_tensor(t).unwrap());
+    let s = FeedForwardState {
+        v: vars[1].as_tensor().clone(),
+        i: vars[2].as_tensor().clone(),
+        a: vars[3].as_tensor().clone(),
+    };
+    let out = run(vars[0].as_tensor(), &s)?;
+    let w = |t: &Tensor, k: f64| -> Result<Tensor> {
+        let ramp = Tensor::arange(0u32, t.elem_count() as u32, t.device())?
+            .to_dtype(t.dtype())?
+            .reshape(t.shape())?;
+        (t * (ramp * (k / t.elem_count() as f64))?.cos()?)?.sum_all()
+    };
+    let mut loss = (w(&out.spikes, 3.0)? + w(&out.state.v, 5.0)?)?;
+    loss = (loss + w(&out.state.i, 7.0)? + w(&out.state.a, 11.0)?)?;
+    if let Some(r) = &out.recorded {
+        loss = (loss + w(&r.v, 13.0)? + w(&r.a, 17.0)? + w(&r.i, 19.0)?)?;
+    }
+    let g = loss.backward()?;
+    vars.iter()
+        .map(|v| to_f64(g.get(v.as_tensor()).expect("a gradient")))
+        .collect()
+}
+
+#[test]
+fn fused_gradients_equal_reference_gradients_for_every_method() -> Result<()> {
+    for isa in Isa::available() {
+        for method in SurrogateMethod::ALL {
+            for (dtype, steps, record) in [
+                (DType::F64, 40, true),
+                (DType::F64, 300, false),
+                (DType::F32, 35, true),
+            ] {
+                let p = AdexParameters {
+                    method,
+                    alpha: 3.0,
+                    ..per_neuron_params(23)?
+                };
+                let xs = currents(&[steps, 2, 23], dtype, 61)?;
+                let s0 = FeedForwardState {
+                    v: currents(&[2, 23], dtype, 62)?,
+                    i: currents(&[2, 23], dtype, 63)?,
+                    a: currents(&[2, 23], dtype, 64)?,
+                };
+                let f = with_isa(isa, || {
+                    grads(&xs, &s0, |x, s| {
+                        fused::lif_adex_feed_forward_seq(x, s, &p, record)
+                    })
+                })??;
+                let r = grads(&xs, &s0, |x, s| {
+                    reference::lif_adex_feed_forward_seq(x, s, &p, record)
+                })?;
+                let rel = if dtype == DType::F64 { 1e-9 } else { 2e-3 };
+                for (k, (gf, gr)) in f.iter().zip(&r).enumerate() {
+                    let scale = gr.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
+                    for (a, b) in gf.iter().zip(gr) {
+                        assert!(
+                            (a - b).abs() <= rel * scale,
+                            "{isa:?} {method} {dtype:?} T={steps} grad #{k}: fused {a} vs reference {b} (scale {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn encoder_and_recurrent_update_gradients_equal_reference() -> Result<()> {
+    let p = AdexParameters {
+        method: SurrogateMethod::Tanh,
+        alpha: 2.0,
+        ..Default::default()
+    };
+    // Encoder sequence: gradients of the input and the initial (v, a).
+    let xs = Var::from_tensor(&(currents(&[50, 31], DType::F64, 71)? * 20.0)?)?;
+    let v0 = Var::from_tensor(&currents(&[31], DType::F64, 72)?)?;
+    let a0 = Var::from_tensor(&currents(&[31], DType::F64, 73)?)?;
+    let s0 = EncoderState {
+        v: v0.as_tensor().clone(),
+        a: a0.as_tensor().clone(),
+    };
+    let loss = |o: &Sequence<EncoderState>| -> Result<Tensor> {
+        let spikes = (&o.spikes
+            * Tensor::arange(0f64, 50.0, &Device::Cpu)?
+                .unsqueeze(1)?
+                .broadcast_as((50, 31))?
+                .cos()?)?;
+        spikes.sum_all()? + o.state.v.sqr()?.sum_all()? + o.state.a.sum_all()?
+    };
+    let gf = loss(&fused::lif_adex_current_encoder_seq(
+        xs.as_tensor(),
+        &s0,
+        &p,
+        false,
+    )?)?
+    .backward()?;
+    let gr = loss(&reference::lif_adex_current_encoder_seq(
+        xs.as_tensor(),
+        &s0,
+        &p,
+        false,
+    )?)?
+    .backward()?;
+    for v in [&xs, &v0, &a0] {
+        let (a, b) = (to_f64(gf.get(v).unwrap())?, to_f64(gr.get(v).unwrap())?);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-9 * (1.0 + y.abs()),
+                "encoder grad {x} vs {y}"
+            );
+        }
+    }
+    // The recurrent elementwise update: both drives receive the gradient of i_jump.
+    let input = Var::from_tensor(&(currents(&[3, 17], DType::F64, 74)? * 30.0)?)?;
+    let rec = Var::from_tensor(&currents(&[3, 17], DType::F64, 75)?)?;
+    let s = RecurrentState::initial(&p, (3, 17), DType::F64, &Device::Cpu)?;
+    let (z, next) = fused::lif_adex_recurrent_update(input.as_tensor(), rec.as_tensor(), &s, &p)?;
+    let g = ((z * 2.0)?.sum_all()? + next.v.sum_all()?)?.backward()?;
+    let drive = (input.as_tensor() + rec.as_tensor())?;
+    let x = Var::from_tensor(&drive)?;
+    let ff = FeedForwardState {
+        v: s.v.clone(),
+        i: s.i.clone(),
+        a: s.a.clone(),
+    };
+    let (zr, nr) = reference::lif_adex_feed_forward_step(x.as_tensor(), &ff, &p)?;
+    let gr = ((zr * 2.0)?.sum_all()? + nr.v.sum_all()?)?.backward()?;
+    let want = to_f64(gr.get(&x).unwrap())?;
+    for v in [&input, &rec] {
+        let got = to_f64(g.get(v).unwrap())?;
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-9 * (1.0 + b.abs()),
+                "recurrent update grad {a} vs {b}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn crate_root_falls_back_to_the_reference_path_for_parameter_gradients() -> Result<()> {
+    let dev = Device::Cpu;
+    let tau = Var::new(&[100f64, 80.0, 120.0], &dev)?;
+    let p = AdexParameters {
+        tau_mem_inv: Param::Tensor(tau.as_tensor().clone()),
+        ..Default::default()
+    };
+    let xs = currents(&[30, 3], DType::F64, 81)?;
+    let s0 = FeedForwardState::initial(&p, 3, DType::F64, &dev)?;
+    let err = fused::lif_adex_feed_forward_seq(&xs, &s0, &p, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("parameter tensor needs a gradient"),
+        "{err}"
+    );
+    let out = candle_adex::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+    let g = out.state.v.sum_all()?.backward()?;
+    let gt = to_f64(g.get(&tau).expect("the parameter gradient is not dropped"))?;
+    assert!(gt.iter().any(|x| *x != 0.0));
+    Ok(())
+}
+
+#[test]
+fn bad_calls_give_clear_errors() -> Result<()> {
+    let dev = Device::Cpu;
+    let p = AdexParameters::default();
+    let xs = currents(&[10, 4], DType::F32, 91)?;
+    let s0 = FeedForwardState::initial(&p, 4, DType::F32, &dev)?;
+    // u8 spikes carry no gradient.
+    let xv = Var::from_tensor(&xs)?;
+    let e = fused::lif_adex_feed_forward_seq_u8(xv.as_tensor(), &s0, &p, false).unwrap_err();
+    assert!(e.to_string().contains("u8 spikes are for inference"), "{e}");
+    // Caller buffers: shape, dtype, aliasing, gradients.
+    let e = fused::lif_adex_feed_forward_seq_into(
+        &xs,
+        &s0,
+        &p,
+        &Tensor::zeros((10, 5), DType::U8, &dev)?,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("must have the input's shape"), "{e}");
+    let e = fused::lif_adex_feed_forward_seq_into(
+        &xs,
+        &s0,
+        &p,
+        &Tensor::zeros((10, 4), DType::F64, &dev)?,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("input's dtype"), "{e}");
+    let shared = Tensor::zeros(4, DType::F32, &dev)?;
+    let aliased = FeedForwardState {
+        v: s0.v.clone(),
+        i: shared.clone(),
+        a: shared,
+    };
+    let e = fused::lif_adex_feed_forward_seq_into(
+        &xs,
+        &aliased,
+        &p,
+        &Tensor::zeros((10, 4), DType::U8, &dev)?,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("share memory"), "{e}");
+    let e = fused::lif_adex_feed_forward_seq_into(
+        xv.as_tensor(),
+        &s0,
+        &p,
+        &Tensor::zeros((10, 4), DType::U8, &dev)?,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("no gradient"), "{e}");
+    // The reference path's checks apply (shape, dtype, rank).
+    let e =
+        fused::lif_adex_feed_forward_seq(&xs.to_dtype(DType::F64)?, &s0, &p, false).unwrap_err();
+    assert!(e.to_string().contains("dtype"), "{e}");
+    let e = fused::lif_adex_feed_forward_seq(&xs.get(0)?, &s0, &p, false).unwrap_err();
+    assert!(e.to_string().contains("time-first"), "{e}");
+    let e = fused::lif_adex_recurrent_update(
+        &xs.get(0)?,
+        &xs.narrow(1, 0, 3)?.get(0)?,
+        &RecurrentState::initial(&p, 4, DType::F32, &dev)?,
+        &p,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("second drive"), "{e}");
+    // An ISA this CPU lacks is refused; the portable path always exists.
+    assert!(Isa::available().contains(&Isa::Portable));
+    Ok(())
+}
+
+#[test]
+fn extreme_inputs_stay_finite_and_reset() -> Result<()> {
+    let p = AdexParameters::default();
+    for dtype in DTYPES {
+        let big = match dtype {
+            DType::F16 => 6e4,
+            DType::BF16 => 1e30,
+            DType::F32 => 1e30,
+            _ => 1e200,
+        };
+        let xs = Tensor::new(&[[0f64, 1e3, big, -big]], &Device::Cpu)?
+            .to_dtype(dtype)?
+            .broadcast_as((20, 4))?
+            .contiguous()?;
+        let s0 = FeedForwardState::initial(&p, 4, dtype, &Device::Cpu)?;
+        let f = fused::lif_adex_feed_forward_seq(&xs, &s0, &p, true)?;
+        let v = to_f64(&f.recorded.unwrap().v)?;
+        // No NaN from the model: neurons driven past exp's range spike and reset; a current
+        // beyond the dtype's range may round to -inf in a half-precision output, not to NaN.
+        assert!(v.iter().all(|x| !x.is_nan()), "{dtype:?}: {v:?}");
+        let z = to_f64(&f.spikes)?;
+        for t in 0..20 {
+            assert_eq!(
+                (z[4 * t + 1], z[4 * t + 2]),
+                (1.0, 1.0),
+                "{dtype:?} step {t}"
+            );
+            assert_eq!((v[4 * t + 1], v[4 * t + 2]), (0.0, 0.0), "reset to v_reset");
+        }
+        let r = reference::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+        assert_eq!(to_f64(&r.spikes)?, z);
+    }
+    Ok(())
+}
