@@ -32,6 +32,7 @@
 //! # Ok::<(), candle_core::Error>(())
 //! ```
 
+pub mod bench;
 pub mod conformance;
 pub mod fused;
 pub mod ops;

@@ -3,10 +3,13 @@
 //! ```text
 //! adex simulate [options]      run a population and print firing statistics
 //! adex conformance FILE...     replay norse golden files and report errors per case
+//! adex bench [options]         fused kernels vs reference path vs memory roof
 //! ```
 
+use candle_adex::bench::{self, Op};
+use candle_adex::fused::cpu::{with_isa, Isa};
 use candle_adex::{
-    conformance, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param,
+    conformance, lif_adex_feed_forward_seq, ops, AdexParameters, FeedForwardState, Param,
 };
 use candle_core::{DType, Device, Tensor};
 use std::io::Write;
@@ -19,6 +22,7 @@ adex: AdEx neurons (norse semantics) on candle
 USAGE:
     adex simulate [OPTIONS]      simulate a population and print firing statistics
     adex conformance FILE...     replay norse golden files (norse-adex-golden/1) and compare
+    adex bench [OPTIONS]         fused kernels against the reference path and the memory roof
     adex help                    this text
 
 Run `adex <command> --help` for the options of a command.";
@@ -40,7 +44,27 @@ const CONFORMANCE_HELP: &str = "\
 adex conformance FILE...: replay golden runs of norse (safetensors files in the format of
 norse-adex-golden/1) through this crate. Prints one line per case with its measured errors and
 tolerances, then `N passed, M failed, K skipped`. Exits non-zero if a case fails or a file
-cannot be read.";
+cannot be read.
+
+OPTIONS:
+    --path P     auto (default: the fused kernels where they serve, else the reference path),
+                 fused (always the fused kernels) or reference (always the reference path)";
+
+const BENCH_HELP: &str = "\
+adex bench: neuron-steps per second of the fused CPU kernels, the reference path (candle tensor
+ops) and a multi-threaded memory copy of the bytes the op must move (the roof), measured in the
+same run. Sequences write into caller-owned buffers (see `fused::lif_adex_feed_forward_seq_into`).
+
+OPTIONS:
+    --json             one JSON object per line: op, dtype, device, isa, t, b, n, threads,
+                       neuron_steps_per_s, roof_neuron_steps_per_s, reference_neuron_steps_per_s
+    --quick            only the two small shapes
+    --shape T,B,N      only this shape (repeatable)
+    --op OP            step, seq, seq_u8, seq_fwd_bwd (kernels, f32) or seq_autograd
+                       (candle backward() end to end) (repeatable; default all)
+    --dtype D          f32, bf16, f16 or f64 (repeatable; default f32, bf16, f16)
+    --isa I            avx512, avx2 or portable (default: the best this CPU has)
+    --no-reference     skip the reference path (it is slow at the large shapes)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +75,8 @@ fn main() -> ExitCode {
         Some("simulate") => simulate(rest),
         Some("conformance") if wants_help => Ok(print(CONFORMANCE_HELP)),
         Some("conformance") => conformance_cmd(rest),
+        Some("bench") if wants_help => Ok(print(BENCH_HELP)),
+        Some("bench") => bench_cmd(rest),
         Some("help" | "--help" | "-h") | None => Ok(print(HELP)),
         Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
@@ -68,7 +94,32 @@ fn print(text: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn conformance_cmd(files: &[String]) -> Result<ExitCode, String> {
+fn conformance_cmd(args: &[String]) -> Result<ExitCode, String> {
+    let mut path = ops::Path::Auto;
+    let mut files = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--path" {
+            path = match it.next().map(String::as_str) {
+                Some("auto") => ops::Path::Auto,
+                Some("fused") => ops::Path::Fused,
+                Some("reference") => ops::Path::Reference,
+                other => {
+                    return Err(format!(
+                        "--path must be auto, fused or reference, got {other:?}"
+                    ))
+                }
+            };
+        } else if a.starts_with("--") {
+            return Err(format!("unknown option {a}\n\n{CONFORMANCE_HELP}"));
+        } else {
+            files.push(a.clone());
+        }
+    }
+    ops::with_path(path, || conformance_files(&files))
+}
+
+fn conformance_files(files: &[String]) -> Result<ExitCode, String> {
     if files.is_empty() {
         return Err(format!(
             "conformance needs at least one file\n\n{CONFORMANCE_HELP}"
@@ -347,4 +398,115 @@ impl SpikeStats {
             cv_neurons: cvs.len(),
         }
     }
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f64" => Ok(DType::F64),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!("dtype must be f32, f64, f16 or bf16, got {other:?}")),
+    }
+}
+
+fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
+    let (mut json, mut quick, mut with_reference) = (false, false, true);
+    let (mut shapes, mut ops_, mut dtypes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut isa = Isa::detected();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value\n\n{BENCH_HELP}"))
+        };
+        match a.as_str() {
+            "--json" => json = true,
+            "--quick" => quick = true,
+            "--no-reference" => with_reference = false,
+            "--shape" => {
+                let v = value()?;
+                let dims: Vec<usize> = v
+                    .split(',')
+                    .map(|d| d.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|_| format!("--shape must be T,B,N with positive integers, got {v:?}"))?;
+                match dims[..] {
+                    [t, b, n] if t > 0 && b > 0 && n > 0 => shapes.push((t, b, n)),
+                    _ => return Err(format!("--shape must be T,B,N with positive integers, got {v:?}")),
+                }
+            }
+            "--op" => {
+                let v = value()?;
+                let op = Op::ALL
+                    .into_iter()
+                    .find(|o| o.name() == v)
+                    .ok_or_else(|| format!("--op must be step, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"))?;
+                ops_.push(op);
+            }
+            "--dtype" => dtypes.push(parse_dtype(&value()?)?),
+            "--isa" => {
+                let v = value()?;
+                isa = Isa::available()
+                    .into_iter()
+                    .find(|i| i.name() == v)
+                    .ok_or_else(|| {
+                        let names: Vec<_> = Isa::available().iter().map(|i| i.name()).collect();
+                        format!("--isa must be one this CPU has ({}), got {v:?}", names.join(", "))
+                    })?;
+            }
+            other => return Err(format!("unknown option {other}\n\n{BENCH_HELP}")),
+        }
+    }
+    if shapes.is_empty() {
+        shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
+    }
+    if ops_.is_empty() {
+        ops_ = Op::ALL.to_vec();
+    }
+    if dtypes.is_empty() {
+        dtypes = vec![DType::F32, DType::BF16, DType::F16];
+    }
+    if !json {
+        println!(
+            "{:<12} {:<5} {:>18} {:>3} {:>10} {:>10} {:>6} {:>10} {:>8}",
+            "op", "dtype", "T,B,N", "thr", "fused G/s", "roof G/s", "%roof", "ref G/s", "x ref"
+        );
+    }
+    for &shape in &shapes {
+        for &op in &ops_ {
+            for &dtype in &dtypes {
+                if op == Op::SeqFwdBwd && dtype != DType::F32 {
+                    continue; // the kernel-level backward runs in f32 (half types convert first)
+                }
+                let row = with_isa(isa, || bench::measure(op, dtype, shape, with_reference))
+                    .and_then(|r| r)
+                    .map_err(|e| format!("bench {} {dtype:?} {shape:?}: {e}", op.name()))?;
+                if json {
+                    println!("{}", row.json());
+                } else {
+                    let g = |x: f64| x / 1e9;
+                    let (r, x) = match row.reference_neuron_steps_per_s {
+                        Some(r) => (format!("{:.3}", g(r)), format!("{:.1}", row.neuron_steps_per_s / r)),
+                        None => ("-".to_string(), "-".to_string()),
+                    };
+                    println!(
+                        "{:<12} {:<5} {:>18} {:>3} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
+                        row.op,
+                        dtype.as_str(),
+                        format!("{},{},{}", row.t, row.b, row.n),
+                        row.threads,
+                        g(row.neuron_steps_per_s),
+                        g(row.roof_neuron_steps_per_s),
+                        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
+                        r,
+                        x
+                    );
+                }
+                std::io::stdout().flush().ok();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -615,6 +615,50 @@ struct Scratch<F> {
     seg: Vec<[[F; BLOCK]; 3]>,
 }
 
+/// One forward step of a block inside the backward pass, optionally keeping the pre-step
+/// `(v, i_jump, a)` in `pre`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
+    job: &BwdJob<F>,
+    t: usize,
+    m0: usize,
+    len: usize,
+    coef: &impl PackSource<F>,
+    [v, i, a]: [&mut [F; BLOCK]; 3],
+    [x, x2]: [&mut [F; BLOCK]; 2],
+    mut pre: Option<&mut [[F; BLOCK]; 3]>,
+) {
+    let row = t * job.m + m0..t * job.m + m0 + len;
+    load(&job.xs[row.clone()], x);
+    if let Some(d) = job.x2 {
+        load(&d[row], x2);
+    }
+    for p in 0..NP {
+        let c = &coef.pack(p);
+        let r = p * PACK..(p + 1) * PACK;
+        let xp = P::load(&x[r.clone()]);
+        // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
+        let i_jump = if SYN {
+            (P::load(&i[r.clone()]) + xp) + P::load(&x2[r.clone()])
+        } else {
+            xp
+        };
+        let (vp, ap) = (P::load(&v[r.clone()]), P::load(&a[r.clone()]));
+        if let Some(pre) = pre.as_deref_mut() {
+            vp.store(&mut pre[0][r.clone()]);
+            i_jump.store(&mut pre[1][r.clone()]);
+            ap.store(&mut pre[2][r.clone()]);
+        }
+        let (_, vn, an) = math::update::<P<F>, FMA>(c, vp, i_jump, ap);
+        if SYN {
+            math::synapse(c, i_jump).store(&mut i[r.clone()]);
+        }
+        vn.store(&mut v[r.clone()]);
+        an.store(&mut a[r]);
+    }
+}
+
 /// The backward of one block: checkpointed recomputation, then reverse time.
 #[inline(always)]
 fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
@@ -638,47 +682,8 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     scratch.ckpt.clear();
     scratch.ckpt.push([v, i, a]);
     let mut x2 = [zero; BLOCK];
-    let mut forward = |t: usize,
-                       v: &mut [F; BLOCK],
-                       i: &mut [F; BLOCK],
-                       a: &mut [F; BLOCK],
-                       x: &mut [F; BLOCK],
-                       pre: Option<&mut [[F; BLOCK]; 3]>| {
-        let row = t * m + m0..t * m + m0 + len;
-        load(&job.xs[row.clone()], x);
-        if let Some(d) = job.x2 {
-            load(&d[row], &mut x2);
-        }
-        let mut ij = [zero; BLOCK];
-        for p in 0..NP {
-            let c = &coef.pack(p);
-            let r = p * PACK..(p + 1) * PACK;
-            let xp = P::load(&x[r.clone()]);
-            // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
-            let i_jump = if SYN {
-                (P::load(&i[r.clone()]) + xp) + P::load(&x2[r.clone()])
-            } else {
-                xp
-            };
-            let (_, vp, ap) = math::update::<P<F>, FMA>(
-                c,
-                P::load(&v[r.clone()]),
-                i_jump,
-                P::load(&a[r.clone()]),
-            );
-            if SYN {
-                math::synapse(c, i_jump).store(&mut i[r.clone()]);
-            }
-            i_jump.store(&mut ij[r.clone()]);
-            vp.store(&mut v[r.clone()]);
-            ap.store(&mut a[r]);
-        }
-        if let Some(pre) = pre {
-            pre[1] = ij;
-        }
-    };
     for t in 0..(nseg - 1) * SEG {
-        forward(t, &mut v, &mut i, &mut a, &mut x, None);
+        recompute::<FMA, SYN, F>(job, t, m0, len, coef, [&mut v, &mut i, &mut a], [&mut x, &mut x2], None);
         if (t + 1) % SEG == 0 {
             scratch.ckpt.push([v, i, a]);
         }
@@ -697,9 +702,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
         scratch.seg.resize(SEG, [[zero; BLOCK]; 3]);
         for t in t0..t1 {
             let pre = &mut scratch.seg[t - t0];
-            pre[0] = v;
-            pre[2] = a;
-            forward(t, &mut v, &mut i, &mut a, &mut x, Some(pre));
+            recompute::<FMA, SYN, F>(job, t, m0, len, coef, [&mut v, &mut i, &mut a], [&mut x, &mut x2], Some(pre));
         }
         for t in (t0..t1).rev() {
             let row = t * m + m0..t * m + m0 + len;

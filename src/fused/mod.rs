@@ -349,17 +349,30 @@ impl SeqOp {
         coefs: &Coefs<F>,
         dtype: DType,
     ) -> Result<(Tensor, Tensor)> {
-        let host = |t: &Tensor| -> Result<Vec<F>> {
-            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?
-                .flatten_all()?
-                .to_vec1::<F>()
+        // Borrowed in place when already in the compute precision and contiguous (f32, f64);
+        // half types are converted once.
+        let compute = |t: &Tensor| -> Result<Tensor> {
+            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?.contiguous()
         };
         let (t, m) = xs.dims2()?;
         let s = self.neuron.state_len();
-        let xs_h = host(xs)?;
-        let x2_h = x2.map(host).transpose()?;
-        let st_h = host(st)?;
-        let g_h = host(grad)?;
+        let owned: Vec<Tensor> = [Some(xs), x2, Some(st), Some(grad)]
+            .into_iter()
+            .flatten()
+            .map(compute)
+            .collect::<Result<_>>()?;
+        let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
+        let mut views: Vec<&[F]> = Vec::with_capacity(guards.len());
+        for (g, l) in &guards {
+            let Storage::Cpu(c) = &**g else {
+                bail!("fused AdEx: the CPU kernels need CPU tensors");
+            };
+            views.push(data::<F>(c, l, "gradient input")?);
+        }
+        let xs_h = views[0];
+        let x2_h = x2.map(|_| views[1]);
+        let st_h = views[views.len() - 2];
+        let g_h = views[views.len() - 1];
         let mut g_xs = vec![<F as Real>::ZERO; t * m];
         let mut g_st = vec![<F as Real>::ZERO; s * m];
         {
@@ -387,8 +400,8 @@ impl SeqOp {
             let job = BwdJob {
                 t,
                 m,
-                xs: &xs_h,
-                x2: x2_h.as_deref(),
+                xs: xs_h,
+                x2: x2_h,
                 v0,
                 i0,
                 a0,
