@@ -208,7 +208,8 @@ impl Workload {
             Op::Step => {
                 let mut s = self.s0.clone();
                 for k in 0..self.t {
-                    let (_, next) = fused::lif_adex_feed_forward_step(&self.xs.get(k)?, &s, &self.p)?;
+                    let (_, next) =
+                        fused::lif_adex_feed_forward_step(&self.xs.get(k)?, &s, &self.p)?;
                     s = next;
                 }
             }
@@ -352,7 +353,12 @@ pub fn time(reps: usize, min_secs: f64, mut f: impl FnMut() -> Result<()>) -> Re
 }
 
 /// Measures one case: fused, roof and (when asked and feasible) reference, in this order.
-pub fn measure(op: Op, dtype: DType, shape: (usize, usize, usize), with_reference: bool) -> Result<Row> {
+pub fn measure(
+    op: Op,
+    dtype: DType,
+    shape: (usize, usize, usize),
+    with_reference: bool,
+) -> Result<Row> {
     let mut w = Workload::new(op, dtype, shape)?;
     let steps = w.neuron_steps() as f64;
     let fused_s = time(3, 0.3, || w.run_fused())?;

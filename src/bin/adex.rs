@@ -406,7 +406,9 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
         "f64" => Ok(DType::F64),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        other => Err(format!("dtype must be f32, f64, f16 or bf16, got {other:?}")),
+        other => Err(format!(
+            "dtype must be f32, f64, f16 or bf16, got {other:?}"
+        )),
     }
 }
 
@@ -431,18 +433,25 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                     .split(',')
                     .map(|d| d.trim().parse::<usize>())
                     .collect::<Result<_, _>>()
-                    .map_err(|_| format!("--shape must be T,B,N with positive integers, got {v:?}"))?;
+                    .map_err(|_| {
+                        format!("--shape must be T,B,N with positive integers, got {v:?}")
+                    })?;
                 match dims[..] {
                     [t, b, n] if t > 0 && b > 0 && n > 0 => shapes.push((t, b, n)),
-                    _ => return Err(format!("--shape must be T,B,N with positive integers, got {v:?}")),
+                    _ => {
+                        return Err(format!(
+                            "--shape must be T,B,N with positive integers, got {v:?}"
+                        ))
+                    }
                 }
             }
             "--op" => {
                 let v = value()?;
-                let op = Op::ALL
-                    .into_iter()
-                    .find(|o| o.name() == v)
-                    .ok_or_else(|| format!("--op must be step, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"))?;
+                let op = Op::ALL.into_iter().find(|o| o.name() == v).ok_or_else(|| {
+                    format!(
+                        "--op must be step, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"
+                    )
+                })?;
                 ops_.push(op);
             }
             "--dtype" => dtypes.push(parse_dtype(&value()?)?),
@@ -453,7 +462,10 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                     .find(|i| i.name() == v)
                     .ok_or_else(|| {
                         let names: Vec<_> = Isa::available().iter().map(|i| i.name()).collect();
-                        format!("--isa must be one this CPU has ({}), got {v:?}", names.join(", "))
+                        format!(
+                            "--isa must be one this CPU has ({}), got {v:?}",
+                            names.join(", ")
+                        )
                     })?;
             }
             other => return Err(format!("unknown option {other}\n\n{BENCH_HELP}")),
@@ -488,7 +500,10 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                 } else {
                     let g = |x: f64| x / 1e9;
                     let (r, x) = match row.reference_neuron_steps_per_s {
-                        Some(r) => (format!("{:.3}", g(r)), format!("{:.1}", row.neuron_steps_per_s / r)),
+                        Some(r) => (
+                            format!("{:.3}", g(r)),
+                            format!("{:.1}", row.neuron_steps_per_s / r),
+                        ),
                         None => ("-".to_string(), "-".to_string()),
                     };
                     println!(

@@ -683,7 +683,16 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     scratch.ckpt.push([v, i, a]);
     let mut x2 = [zero; BLOCK];
     for t in 0..(nseg - 1) * SEG {
-        recompute::<FMA, SYN, F>(job, t, m0, len, coef, [&mut v, &mut i, &mut a], [&mut x, &mut x2], None);
+        recompute::<FMA, SYN, F>(
+            job,
+            t,
+            m0,
+            len,
+            coef,
+            [&mut v, &mut i, &mut a],
+            [&mut x, &mut x2],
+            None,
+        );
         if (t + 1) % SEG == 0 {
             scratch.ckpt.push([v, i, a]);
         }
@@ -702,7 +711,16 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
         scratch.seg.resize(SEG, [[zero; BLOCK]; 3]);
         for t in t0..t1 {
             let pre = &mut scratch.seg[t - t0];
-            recompute::<FMA, SYN, F>(job, t, m0, len, coef, [&mut v, &mut i, &mut a], [&mut x, &mut x2], Some(pre));
+            recompute::<FMA, SYN, F>(
+                job,
+                t,
+                m0,
+                len,
+                coef,
+                [&mut v, &mut i, &mut a],
+                [&mut x, &mut x2],
+                Some(pre),
+            );
         }
         for t in (t0..t1).rev() {
             let row = t * m + m0..t * m + m0 + len;

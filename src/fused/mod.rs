@@ -352,7 +352,8 @@ impl SeqOp {
         // Borrowed in place when already in the compute precision and contiguous (f32, f64);
         // half types are converted once.
         let compute = |t: &Tensor| -> Result<Tensor> {
-            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?.contiguous()
+            t.to_dtype(<F as candle_core::WithDType>::DTYPE)?
+                .contiguous()
         };
         let (t, m) = xs.dims2()?;
         let s = self.neuron.state_len();

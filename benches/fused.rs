@@ -1,0 +1,42 @@
+//! Criterion benches of the fused CPU kernels beside the reference path and a copy of the same
+//! bytes (the memory roof), in neuron-steps per second, for the shapes.
+//! `adex bench` prints the same comparison quickly without criterion.
+
+use candle_adex::bench::{Op, Workload, SHAPES};
+use candle_core::DType;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::time::Duration;
+
+fn fused(c: &mut Criterion) {
+    for (t, b, n) in SHAPES {
+        let mut group = c.benchmark_group(format!("T{t}_B{b}_N{n}"));
+        group.sample_size(10);
+        group.measurement_time(Duration::from_secs(2));
+        group.throughput(Throughput::Elements((t * b * n) as u64));
+        for (op, dtype) in [
+            (Op::Step, DType::F32),
+            (Op::Seq, DType::F32),
+            (Op::Seq, DType::BF16),
+            (Op::Seq, DType::F16),
+            (Op::SeqU8, DType::F32),
+            (Op::SeqFwdBwd, DType::F32),
+        ] {
+            let mut w = Workload::new(op, dtype, (t, b, n)).expect("workload");
+            let name = format!("{}_{}", op.name(), dtype.as_str());
+            group.bench_function(format!("fused_{name}"), |bench| {
+                bench.iter(|| w.run_fused().expect("fused"))
+            });
+            group.bench_function(format!("roof_{name}"), |bench| bench.iter(|| w.run_copy()));
+            // The reference path is 10-50x slower: only where one call stays short.
+            if t * b * n <= 4_000_000 && w.reference_fits() {
+                group.bench_function(format!("reference_{name}"), |bench| {
+                    bench.iter(|| w.run_reference().expect("reference"))
+                });
+            }
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, fused);
+criterion_main!(benches);
