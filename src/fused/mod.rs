@@ -34,7 +34,11 @@
 //! ```
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub(crate) mod elem;
+#[cfg(test)]
+mod header_check;
 pub(crate) mod math;
 
 use crate::params::{AdexParameters, Param};
@@ -55,9 +59,14 @@ use std::sync::Arc;
 /// CPU, or a parameter tensor needs a gradient (the fused backward computes gradients for
 /// inputs and states only).
 pub fn unsupported_reason(p: &AdexParameters, device: &Device) -> Option<String> {
-    if !device.is_cpu() {
+    if !device.is_cpu() && !(cfg!(feature = "cuda") && device.is_cuda()) {
         return Some(format!(
-            "the fused kernels run on the CPU, not on {:?}",
+            "the fused kernels run on the CPU{}, not on {:?}",
+            if cfg!(feature = "cuda") {
+                " and CUDA"
+            } else {
+                ""
+            },
             device.location()
         ));
     }
@@ -333,6 +342,10 @@ impl SeqOp {
         st: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() {
+            return cuda::backward(self, xs, x2, st, grad);
+        }
         let dtype = xs.dtype();
         match &*self.coefs {
             AnyCoefs::F32(c) => self.bwd_typed::<f32>(xs, x2, st, grad, c, dtype),
@@ -440,6 +453,17 @@ impl CustomOp2 for SeqOp {
         self.fwd((s1, l1), None, (s2, l2))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::seq_packed(self, (s1, l1), None, (s2, l2))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
@@ -467,6 +491,19 @@ impl CustomOp3 for SeqOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         self.fwd((s1, l1), Some((s2, l2)), (s3, l3))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::seq_packed(self, (s1, l1), Some((s2, l2)), (s3, l3))
     }
 
     fn bwd(
@@ -539,6 +576,32 @@ fn run_flat(
             spikes,
             state: fin,
             recorded,
+        });
+    }
+    #[cfg(feature = "cuda")]
+    if xs.device().is_cuda() {
+        let op = SeqOp {
+            neuron,
+            record,
+            coefs: Arc::new(coefs),
+            method: p.method,
+            alpha: p.alpha,
+        };
+        let st = Tensor::stack(state, 0)?;
+        let (spikes, rest) = cuda::infer(&op, xs, x2, &st, u8_spikes)?;
+        let s = state.len();
+        return Ok(Flat {
+            spikes,
+            state: (0..s).map(|k| rest.get(k)).collect::<Result<_>>()?,
+            recorded: if record {
+                Some(
+                    (0..s)
+                        .map(|k| rest.narrow(0, s + k * t, t))
+                        .collect::<Result<_>>()?,
+                )
+            } else {
+                None
+            },
         });
     }
     macro_rules! infer {
@@ -1226,6 +1289,12 @@ fn seq_into<S: StateTensors>(
     let list = state.to_list();
     reference::check_step::<S>(op, xs, &xs.dims()[1..], &list, true)?;
     check_supported(op, p, xs.device())?;
+    if !xs.device().is_cpu() {
+        bail!(
+            "{op}: writing into caller buffers is implemented on the CPU; on {:?} use the allocating function",
+            xs.device().location()
+        );
+    }
     if xs.track_op() || list.iter().any(|s| s.track_op()) {
         bail!("{op}: writes into caller buffers for inference and carries no gradient; use the allocating function to train");
     }

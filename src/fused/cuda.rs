@@ -1,0 +1,662 @@
+//! Layer 5c: the CUDA backend of the fused ops (feature `cuda`): launches the kernels of
+//! `kernels/adex.cu` (PTX for `compute_80`, built and `ptxas`-checked by `build.rs`, embedded
+//! here and loaded once per device with `get_or_load_custom_func`).
+//!
+//! One thread per neuron runs the whole time loop with the state in registers; `[T, M]` rows are
+//! read and written coalesced. The backward recomputes the forward: a first pass stores the
+//! state every [`SEG`] steps in a scratch buffer (`3 * M * T / SEG` values of the compute
+//! precision), then each segment is recomputed into registers and walked back. This reads the
+//! input twice instead of storing the trajectories (which would cost `3 * T * M` values of
+//! memory and traffic).
+//!
+//! Setting `CANDLE_ADEX_POISON=1` fills every output buffer with `0xff` bytes (NaN in every float
+//! type) before the kernel writes it, so an element the kernel misses shows as NaN; the GPU check
+//! script uses it.
+
+use super::math::Real;
+use super::math::N_COEF;
+use super::{AnyCoefs, Coefs, Neuron, SeqOp};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, WrapErr};
+use candle_core::{
+    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
+    Result, Shape, Tensor,
+};
+use half::{bf16, f16};
+
+/// The kernels, compiled by `build.rs`.
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adex.ptx"));
+/// The module name the PTX is cached under in candle's device.
+const MODULE: &str = "candle_adex_kernels";
+/// Threads per block (the kernels' `__launch_bounds__`).
+const BLOCK: u32 = 128;
+/// Steps per checkpoint segment of the backward (the kernels' `ADEX_SEG`).
+pub const SEG: usize = 16;
+
+/// The forward kernel's argument struct (`FwdArgs<F>` in `kernels/adex.cu`, same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FwdArgs<F> {
+    xs: u64,
+    x2: u64,
+    v0: u64,
+    i0: u64,
+    a0: u64,
+    spikes: u64,
+    last: [u64; 3],
+    rec: [u64; 3],
+    coefs: u64,
+    t: u64,
+    m: u64,
+    np: u64,
+    c: [F; N_COEF],
+}
+
+/// The backward kernel's argument struct (`BwdArgs<F>` in `kernels/adex.cu`, same layout).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct BwdArgs<F> {
+    xs: u64,
+    x2: u64,
+    v0: u64,
+    i0: u64,
+    a0: u64,
+    g_spikes: u64,
+    g_last: [u64; 3],
+    g_rec: [u64; 3],
+    g_xs: u64,
+    g0: [u64; 3],
+    ckpt: u64,
+    coefs: u64,
+    t: u64,
+    m: u64,
+    np: u64,
+    method: i32,
+    pad: i32,
+    alpha: F,
+    c: [F; N_COEF],
+}
+
+// SAFETY: plain `#[repr(C)]` data (integers and floats) with the layout of the kernels' structs.
+unsafe impl DeviceRepr for FwdArgs<f32> {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for FwdArgs<f64> {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for BwdArgs<f32> {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for BwdArgs<f64> {}
+
+fn poisoning() -> bool {
+    static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *P.get_or_init(|| std::env::var("CANDLE_ADEX_POISON").is_ok_and(|v| v != "0" && !v.is_empty()))
+}
+
+fn launch_config(m: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((m as u32).div_ceil(BLOCK), 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A fresh output buffer of `len` elements (uninitialised, or poisoned when asked).
+fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: every element is written by the kernel before it is read (poisoning makes a miss
+    // visible as NaN).
+    let mut out = unsafe { dev.alloc::<T>(len.max(1))? };
+    if poisoning() {
+        let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
+        let func = dev.get_or_load_custom_func("adex_poison_u8", MODULE, PTX)?;
+        let stream = dev.cuda_stream();
+        let (ptr, guard) = out.device_ptr_mut(&stream);
+        let mut b = func.builder();
+        b.arg(&ptr);
+        b.arg(&bytes);
+        let cfg = LaunchConfig {
+            grid_dim: (1024, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the kernel writes `bytes` bytes from `ptr`, the buffer's size.
+        unsafe { b.launch(cfg) }.w()?;
+        drop(guard);
+    }
+    Ok(out)
+}
+
+/// The parameters: scalar ones go into the argument struct, per-neuron ones to the device as
+/// `[11, M]` (kept alive by the returned slice until the launch is queued; freed in stream order).
+#[allow(clippy::type_complexity)]
+fn coefs_on<F: DeviceRepr + Copy + Default + 'static>(
+    dev: &CudaDevice,
+    c: &Coefs<F>,
+) -> Result<([F; N_COEF], u64, Option<CudaSlice<F>>)> {
+    match c {
+        Coefs::Scalar(c) => Ok((c.to_array(), 1, None)),
+        Coefs::PerNeuron { n, fields } => {
+            let flat: Vec<F> = fields.iter().flatten().copied().collect();
+            Ok((
+                [F::default(); N_COEF],
+                *n as u64,
+                Some(dev.clone_htod(&flat)?),
+            ))
+        }
+    }
+}
+
+/// The element offset of a contiguous layout.
+fn start(l: &Layout, what: &str) -> Result<usize> {
+    match l.contiguous_offsets() {
+        Some((a, _)) => Ok(a),
+        None => bail!("fused AdEx (cuda): {what} must be contiguous"),
+    }
+}
+
+/// The name suffix of a data dtype in the kernel names.
+fn dtype_name(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+    })
+}
+
+/// One forward sequence: `xs [T, M]` (and `x2`), the initial state packed `[S, M]`; spikes go to
+/// the device address `sp_p` (`[T, M]` of `O`: the data dtype or `u8`), the final state and, with
+/// `record`, the post-step states to `out_p` (`[S + S*T, M]` rows of `E`: final state, then
+/// recorded). The caller holds the output buffers (and their stream guards) for the launch.
+#[allow(clippy::too_many_arguments)]
+fn forward<E: Dev, O: Dev>(
+    op: &SeqOp,
+    xs: (&CudaStorage, &Layout),
+    x2: Option<(&CudaStorage, &Layout)>,
+    st: (&CudaStorage, &Layout),
+    sp_p: u64,
+    out_p: u64,
+    t: usize,
+    m: usize,
+) -> Result<()> {
+    if m == 0 {
+        return Ok(());
+    }
+    let dev = &xs.0.device;
+    let stream = dev.cuda_stream();
+    let name = format!(
+        "adex_fwd_{}_{}",
+        dtype_name(E::DTYPE_OF)?,
+        if O::IS_U8 {
+            "u8"
+        } else {
+            dtype_name(E::DTYPE_OF)?
+        }
+    );
+    let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    let se = std::mem::size_of::<E>() as u64;
+    let s = op.neuron.state_len();
+    let (tt, mm) = (t as u64, m as u64);
+    let xs_s = xs.0.as_cuda_slice::<E>()?;
+    let st_s = st.0.as_cuda_slice::<E>()?;
+    let (xs_p, _g1) = xs_s.device_ptr(&stream);
+    let xs_p = xs_p + start(xs.1, "xs")? as u64 * se;
+    let (st_p, _g2) = st_s.device_ptr(&stream);
+    let st_p = st_p + start(st.1, "state")? as u64 * se;
+    let x2_s = match x2 {
+        Some((s2, _)) => Some(s2.as_cuda_slice::<E>()?),
+        None => None,
+    };
+    let (x2_p, _g3) = match (x2_s, x2) {
+        (Some(sl), Some((_, l))) => {
+            let (p, g) = sl.device_ptr(&stream);
+            (p + start(l, "x2")? as u64 * se, Some(g))
+        }
+        _ => (0, None),
+    };
+    let row = |k: u64| out_p + k * mm * se;
+    // Kernel slots (v, i, a); the encoder has no i.
+    let (v0, i0, a0) = match op.neuron {
+        Neuron::FeedForward => (st_p, st_p + mm * se, st_p + 2 * mm * se),
+        Neuron::Encoder => (st_p, 0, st_p + mm * se),
+    };
+    let slot = |k: u64| -> [u64; 3] {
+        // k: the row of the first state tensor; S rows apart by `stride` rows.
+        let stride = if k < s as u64 { 1 } else { tt };
+        match op.neuron {
+            Neuron::FeedForward => [row(k), row(k + stride), row(k + 2 * stride)],
+            Neuron::Encoder => [row(k), 0, row(k + stride)],
+        }
+    };
+    let last = slot(0);
+    let rec = if op.record { slot(s as u64) } else { [0; 3] };
+    macro_rules! go {
+        ($f:ty, $c:expr) => {{
+            let (c, np, per) = coefs_on::<$f>(dev, $c)?;
+            let (cp, _g6) = match &per {
+                Some(p) => {
+                    let (p, g) = p.device_ptr(&stream);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let args = FwdArgs::<$f> {
+                xs: xs_p,
+                x2: x2_p,
+                v0,
+                i0,
+                a0,
+                spikes: sp_p,
+                last,
+                rec,
+                coefs: cp,
+                t: tt,
+                m: mm,
+                np,
+                c,
+            };
+            let mut b = func.builder();
+            b.arg(&args);
+            // SAFETY: every pointer addresses a live buffer of the sizes the kernel reads or
+            // writes ([T, M] rows, [M] states, [11, M] parameters), checked by the callers.
+            unsafe { b.launch(launch_config(m)) }.w()?;
+        }};
+    }
+    match op.coefs.as_ref() {
+        AnyCoefs::F32(c) if E::DTYPE_OF != DType::F64 => go!(f32, c),
+        AnyCoefs::F64(c) if E::DTYPE_OF == DType::F64 => go!(f64, c),
+        _ => bail!("fused AdEx (cuda): parameter precision does not match the data"),
+    }
+    Ok(())
+}
+
+/// Storage element types the kernels take, with their dtype.
+pub(crate) trait Dev: CudaDType + DeviceRepr {
+    const DTYPE_OF: DType;
+    const IS_U8: bool = false;
+}
+impl Dev for f32 {
+    const DTYPE_OF: DType = DType::F32;
+}
+impl Dev for f64 {
+    const DTYPE_OF: DType = DType::F64;
+}
+impl Dev for f16 {
+    const DTYPE_OF: DType = DType::F16;
+}
+impl Dev for bf16 {
+    const DTYPE_OF: DType = DType::BF16;
+}
+impl Dev for u8 {
+    const DTYPE_OF: DType = DType::U8;
+    const IS_U8: bool = true;
+}
+
+/// [`SeqOp`]'s forward on CUDA: one packed output `[T + S (+ S*T), M]` in the data dtype.
+pub(crate) fn seq_packed(
+    op: &SeqOp,
+    xs: (&CudaStorage, &Layout),
+    x2: Option<(&CudaStorage, &Layout)>,
+    st: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (t, m) = xs.1.shape().dims2()?;
+    let s = op.neuron.state_len();
+    let rows = t + s + if op.record { s * t } else { 0 };
+    let dev = xs.0.device.clone();
+    let stream = dev.cuda_stream();
+    macro_rules! go {
+        ($e:ty) => {{
+            let mut out = output::<$e>(&dev, rows * m)?;
+            {
+                let (p, _guard) = out.device_ptr_mut(&stream);
+                let row = (t * m * std::mem::size_of::<$e>()) as u64;
+                forward::<$e, $e>(op, xs, x2, st, p, p + row, t, m)?;
+            }
+            CudaStorage::wrap_cuda_slice(out, dev.clone())
+        }};
+    }
+    let storage = match xs.0.dtype() {
+        DType::F32 => go!(f32),
+        DType::F64 => go!(f64),
+        DType::F16 => go!(f16),
+        DType::BF16 => go!(bf16),
+        dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+    };
+    Ok((storage, Shape::from((rows, m))))
+}
+
+/// The spikes of an inference call (`u8` or the data dtype) and its states packed
+/// `[S (+ S*T), M]`, in two buffers. A custom op returns one storage, so the second one is kept
+/// here and handed out by [`Take`].
+struct Split<'a> {
+    op: &'a SeqOp,
+    spikes_u8: bool,
+    rest: std::sync::Mutex<Option<(CudaStorage, Shape)>>,
+}
+
+impl Split<'_> {
+    fn run(
+        &self,
+        xs: (&CudaStorage, &Layout),
+        x2: Option<(&CudaStorage, &Layout)>,
+        st: (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let (t, m) = xs.1.shape().dims2()?;
+        let s = self.op.neuron.state_len();
+        let rows = s + if self.op.record { s * t } else { 0 };
+        let dev = xs.0.device.clone();
+        let stream = dev.cuda_stream();
+        macro_rules! go {
+            ($e:ty, $o:ty) => {{
+                let mut spikes = output::<$o>(&dev, t * m)?;
+                let mut rest = output::<$e>(&dev, rows * m)?;
+                {
+                    let (sp, _g1) = spikes.device_ptr_mut(&stream);
+                    let (rp, _g2) = rest.device_ptr_mut(&stream);
+                    forward::<$e, $o>(self.op, xs, x2, st, sp, rp, t, m)?;
+                }
+                *self.rest.lock().expect("unpoisoned") = Some((
+                    CudaStorage::wrap_cuda_slice(rest, dev.clone()),
+                    Shape::from((rows, m)),
+                ));
+                CudaStorage::wrap_cuda_slice(spikes, dev.clone())
+            }};
+        }
+        let u8s = self.spikes_u8;
+        let spikes = match xs.0.dtype() {
+            DType::F32 if u8s => go!(f32, u8),
+            DType::F32 => go!(f32, f32),
+            DType::F64 if u8s => go!(f64, u8),
+            DType::F64 => go!(f64, f64),
+            DType::F16 if u8s => go!(f16, u8),
+            DType::F16 => go!(f16, f16),
+            DType::BF16 if u8s => go!(bf16, u8),
+            DType::BF16 => go!(bf16, bf16),
+            dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+        };
+        Ok((spikes, Shape::from((t, m))))
+    }
+}
+
+impl CustomOp2 for Split<'_> {
+    fn name(&self) -> &'static str {
+        "adex-seq-split"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("fused AdEx: the split CUDA op has no CPU form")
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run((s1, l1), None, (s2, l2))
+    }
+}
+
+impl CustomOp3 for Split<'_> {
+    fn name(&self) -> &'static str {
+        "adex-seq2-split"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("fused AdEx: the split CUDA op has no CPU form")
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.run((s1, l1), Some((s2, l2)), (s3, l3))
+    }
+}
+
+/// Hands out a storage computed by another op as a tensor.
+struct Take<'a>(&'a std::sync::Mutex<Option<(CudaStorage, Shape)>>);
+
+impl CustomOp1 for Take<'_> {
+    fn name(&self) -> &'static str {
+        "adex-take"
+    }
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        bail!("fused AdEx: the take op has no CPU form")
+    }
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        match self.0.lock().expect("unpoisoned").take() {
+            Some(r) => Ok(r),
+            None => bail!("fused AdEx (cuda): the kernel's second output is missing"),
+        }
+    }
+}
+
+/// Inference on CUDA (nothing tracked): spikes `[T, M]` (`u8` or the data dtype) and the states
+/// packed `[S (+ S*T), M]` (final, then recorded), written by one kernel.
+pub(crate) fn infer(
+    op: &SeqOp,
+    xs: &Tensor,
+    x2: Option<&Tensor>,
+    st: &Tensor,
+    spikes_u8: bool,
+) -> Result<(Tensor, Tensor)> {
+    let split = Split {
+        op,
+        spikes_u8,
+        rest: std::sync::Mutex::new(None),
+    };
+    let spikes = match x2 {
+        Some(x2) => xs.apply_op3_no_bwd(x2, st, &split)?,
+        None => xs.apply_op2_no_bwd(st, &split)?,
+    };
+    let rest = xs.apply_op1_no_bwd(&Take(&split.rest))?;
+    Ok((spikes, rest))
+}
+
+/// The backward as a custom op on `(xs [T or 2T, M] (x2 stacked under xs), state [S, M],
+/// output gradient [T + S (+ S*T), M])`, giving `[T + S, M]`: the input gradient, then the
+/// initial-state gradient.
+struct Bwd<'a> {
+    op: &'a SeqOp,
+    has_x2: bool,
+}
+
+impl Bwd<'_> {
+    fn run<E: Dev>(
+        &self,
+        xs: (&CudaStorage, &Layout),
+        st: (&CudaStorage, &Layout),
+        g: (&CudaStorage, &Layout),
+    ) -> Result<(CudaStorage, Shape)> {
+        let op = self.op;
+        let (rows_in, m) = xs.1.shape().dims2()?;
+        let t = if self.has_x2 { rows_in / 2 } else { rows_in };
+        let s = op.neuron.state_len();
+        let dev = xs.0.device.clone();
+        let stream = dev.cuda_stream();
+        let mut out = output::<E>(&dev, (t + s) * m)?;
+        if m == 0 {
+            return Ok((
+                CudaStorage::wrap_cuda_slice(out, dev),
+                Shape::from((t + s, m)),
+            ));
+        }
+        let func = dev.get_or_load_custom_func(
+            &format!("adex_bwd_{}", dtype_name(E::DTYPE_OF)?),
+            MODULE,
+            PTX,
+        )?;
+        let se = std::mem::size_of::<E>() as u64;
+        let (tt, mm) = (t as u64, m as u64);
+        let nseg = t.div_ceil(SEG).max(1);
+        let xs_s = xs.0.as_cuda_slice::<E>()?;
+        let st_s = st.0.as_cuda_slice::<E>()?;
+        let g_s = g.0.as_cuda_slice::<E>()?;
+        let (xs_p, _g1) = xs_s.device_ptr(&stream);
+        let xs_p = xs_p + start(xs.1, "xs")? as u64 * se;
+        let (st_p, _g2) = st_s.device_ptr(&stream);
+        let st_p = st_p + start(st.1, "state")? as u64 * se;
+        let (g_p, _g3) = g_s.device_ptr(&stream);
+        let g_p = g_p + start(g.1, "gradient")? as u64 * se;
+        let (o_p, _g4) = out.device_ptr_mut(&stream);
+        let at = |base: u64, row: u64| base + row * mm * se;
+        let three = |base: u64, first: u64, stride: u64| -> [u64; 3] {
+            match op.neuron {
+                Neuron::FeedForward => [
+                    at(base, first),
+                    at(base, first + stride),
+                    at(base, first + 2 * stride),
+                ],
+                Neuron::Encoder => [at(base, first), 0, at(base, first + stride)],
+            }
+        };
+        let [v0, i0, a0] = three(st_p, 0, 1);
+        let s64 = s as u64;
+        macro_rules! go {
+            ($f:ty, $c:expr) => {{
+                let (c, np, per) = coefs_on::<$f>(&dev, $c)?;
+                let (cp, _g5) = match &per {
+                    Some(p) => {
+                        let (p, g) = p.device_ptr(&stream);
+                        (p, Some(g))
+                    }
+                    None => (0, None),
+                };
+                let mut ckpt = if nseg > 1 {
+                    // SAFETY: scratch written by the kernel's first pass before it is read.
+                    Some(unsafe { dev.alloc::<$f>((nseg - 1) * 3 * m)? })
+                } else {
+                    None
+                };
+                let (kp, _g6) = match ckpt.as_mut() {
+                    Some(k) => {
+                        let (p, g) = k.device_ptr_mut(&stream);
+                        (p, Some(g))
+                    }
+                    None => (0, None),
+                };
+                let args = BwdArgs::<$f> {
+                    xs: xs_p,
+                    x2: if self.has_x2 { at(xs_p, tt) } else { 0 },
+                    v0,
+                    i0,
+                    a0,
+                    g_spikes: g_p,
+                    g_last: three(g_p, tt, 1),
+                    g_rec: if op.record {
+                        three(g_p, tt + s64, tt)
+                    } else {
+                        [0; 3]
+                    },
+                    g_xs: o_p,
+                    g0: three(o_p, tt, 1),
+                    ckpt: kp,
+                    coefs: cp,
+                    t: tt,
+                    m: mm,
+                    np,
+                    method: op.method as i32,
+                    pad: 0,
+                    alpha: <$f>::from_f64(op.alpha),
+                    c,
+                };
+                let mut b = func.builder();
+                b.arg(&args);
+                // SAFETY: every pointer addresses a live buffer of the sizes the kernel reads
+                // or writes, checked by the caller (shapes of xs, state and gradient).
+                unsafe { b.launch(launch_config(m)) }.w()?;
+            }};
+        }
+        match op.coefs.as_ref() {
+            AnyCoefs::F32(c) if E::DTYPE_OF != DType::F64 => go!(f32, c),
+            AnyCoefs::F64(c) if E::DTYPE_OF == DType::F64 => go!(f64, c),
+            _ => bail!("fused AdEx (cuda): parameter precision does not match the data"),
+        }
+        drop((_g1, _g2, _g3, _g4));
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((t + s, m)),
+        ))
+    }
+}
+
+impl CustomOp3 for Bwd<'_> {
+    fn name(&self) -> &'static str {
+        "adex-seq-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        bail!("fused AdEx: the CUDA backward op has no CPU form")
+    }
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (a, b, c) = ((s1, l1), (s2, l2), (s3, l3));
+        match s1.dtype() {
+            DType::F32 => self.run::<f32>(a, b, c),
+            DType::F64 => self.run::<f64>(a, b, c),
+            DType::F16 => self.run::<f16>(a, b, c),
+            DType::BF16 => self.run::<bf16>(a, b, c),
+            dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+        }
+    }
+}
+
+/// The gradients of `(xs, state)` on CUDA, `[T, M]` and `[S, M]` in the data dtype.
+pub(crate) fn backward(
+    op: &SeqOp,
+    xs: &Tensor,
+    x2: Option<&Tensor>,
+    st: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (t, _) = xs.dims2()?;
+    let xs_all = match x2 {
+        Some(x2) => Tensor::cat(&[xs, x2], 0)?,
+        None => xs.contiguous()?,
+    };
+    let grad = grad.to_dtype(xs.dtype())?.contiguous()?;
+    let st = st.contiguous()?;
+    let out = xs_all.apply_op3_no_bwd(
+        &st,
+        &grad,
+        &Bwd {
+            op,
+            has_x2: x2.is_some(),
+        },
+    )?;
+    let s = op.neuron.state_len();
+    Ok((out.narrow(0, 0, t)?, out.narrow(0, t, s)?))
+}

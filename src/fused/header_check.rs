@@ -1,0 +1,249 @@
+//! The GPU math header (`kernels/adex_math.h`) compiled as C++ on the CPU and held to the Rust
+//! definition ([`super::math`]) bit for bit, so the math the CUDA and Metal kernels run is checked
+//! without a GPU. A C++ compiler is needed (`$CXX`, else `c++`); without one the test fails and
+//! says so.
+
+use super::math::{self, Coef, N_COEF};
+use crate::surrogate::SurrogateMethod;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// Compiles `kernels/adex_host_check.cpp` with `extra` flags and returns the executable.
+pub(crate) fn compile_host_check(name: &str, extra: &[&str]) -> PathBuf {
+    let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let out = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let status = Command::new(&cxx)
+        .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror"])
+        .args(extra)
+        .arg("-I")
+        .arg(&kernels)
+        .arg(kernels.join("adex_host_check.cpp"))
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .unwrap_or_else(|e| {
+            panic!("the header check needs a C++ compiler (`{cxx}`, set $CXX to choose one): {e}")
+        });
+    assert!(
+        status.success(),
+        "compiling the math header with {cxx} failed"
+    );
+    out
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.next()
+    }
+}
+
+/// One record: alpha, the coefficients, v i a x x2, syn, has_x2, gz gv gi ga.
+struct Record {
+    method: usize,
+    alpha: f64,
+    coef: [f64; N_COEF],
+    state: [f64; 5],
+    syn: bool,
+    has_x2: bool,
+    grads: [f64; 4],
+}
+
+fn records(count: usize) -> Vec<Record> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    (0..count)
+        .map(|k| {
+            let delta_t = rng.range(0.1, 2.0);
+            let v_th = rng.range(0.5, 1.5);
+            let coef = [
+                rng.range(-0.2, 0.2),
+                v_th,
+                if k % 3 == 0 {
+                    v_th
+                } else {
+                    rng.range(1.5, 5.0)
+                },
+                rng.range(-0.5, 0.3),
+                delta_t,
+                1.0 / delta_t,
+                rng.range(0.0, 2.0),
+                rng.range(0.0, 1.0),
+                rng.range(0.01, 0.3),
+                rng.range(0.01, 0.5),
+                rng.range(0.0, 0.2),
+            ];
+            // Mostly ordinary states, some near threshold, some far past the exp cap.
+            let v = match k % 7 {
+                0 => v_th + rng.range(-1e-3, 1e-3),
+                1 => rng.range(50.0, 2000.0),
+                _ => rng.range(-2.0, 3.0),
+            };
+            Record {
+                method: k % 6,
+                alpha: rng.range(0.5, 150.0),
+                coef,
+                state: [
+                    v,
+                    rng.range(-5.0, 5.0),
+                    rng.range(-1.0, 2.0),
+                    if k % 11 == 0 {
+                        rng.range(-200.0, 100.0)
+                    } else {
+                        rng.range(-10.0, 10.0)
+                    },
+                    rng.range(-3.0, 3.0),
+                ],
+                syn: k % 5 != 0,
+                has_x2: k % 4 == 0,
+                grads: [
+                    rng.range(-1.0, 1.0),
+                    rng.range(-1.0, 1.0),
+                    rng.range(-1.0, 1.0),
+                    rng.range(-1.0, 1.0),
+                ],
+            }
+        })
+        .collect()
+}
+
+/// The Rust definition on one record, as `f64` (exact for both precisions).
+fn rust_outputs<F: math::Real>(r: &Record) -> [F; 9] {
+    let f = F::from_f64;
+    let c = Coef::from_array(r.coef.map(f));
+    let [v, i, a, x, x2] = r.state.map(f);
+    let [gz, gv, gi, ga] = r.grads.map(f);
+    let alpha = f(r.alpha);
+    let method = SurrogateMethod::ALL[r.method];
+    // cpu.rs forms the drive the same way: (i + x) (+ x2), or x for the encoder.
+    let i_jump = match (r.syn, r.has_x2) {
+        (false, _) => x,
+        (true, false) => i + x,
+        (true, true) => (i + x) + x2,
+    };
+    let (z, vn, an) = math::update::<F, true>(&c, v, i_jump, a);
+    let i_new = if r.syn { math::synapse(&c, i_jump) } else { i };
+    let g = math::update_backward::<F, true>(&c, method, alpha, v, i_jump, a, gz, gv, gi, ga);
+    [
+        z,
+        vn,
+        i_new,
+        an,
+        g.i_jump,
+        g.v,
+        g.a,
+        math::surrogate::<F, true>(method, alpha, v),
+        x.exp::<true>(),
+    ]
+}
+
+/// Runs the compiled header on `records` in precision `bits` and returns its outputs as f64.
+fn run_header(exe: &PathBuf, bits: u32, recs: &[Record]) -> Vec<[f64; 9]> {
+    let to_bits = |x: f64| -> u64 {
+        if bits == 32 {
+            (x as f32).to_bits() as u64
+        } else {
+            x.to_bits()
+        }
+    };
+    let mut input = String::new();
+    for r in recs {
+        let mut vals: Vec<u64> = vec![to_bits(r.alpha)];
+        vals.extend(r.coef.iter().map(|&c| to_bits(c)));
+        vals.extend(r.state.iter().map(|&c| to_bits(c)));
+        vals.push(r.syn as u64);
+        vals.push(r.has_x2 as u64);
+        vals.extend(r.grads.iter().map(|&c| to_bits(c)));
+        let vals: Vec<String> = vals.iter().map(|v| v.to_string()).collect();
+        input.push_str(&format!("{bits} {} {}\n", r.method, vals.join(" ")));
+    }
+    let mut child = Command::new(exe)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the header check");
+    // Written from another thread: the child's output would fill its pipe meanwhile.
+    let mut stdin = child.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("header check output");
+    writer.join().expect("writer").expect("write records");
+    assert!(out.status.success(), "the header check failed");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| {
+            let v: Vec<f64> = l
+                .split_whitespace()
+                .map(|w| {
+                    let b: u64 = w.parse().expect("bits");
+                    if bits == 32 {
+                        f32::from_bits(b as u32) as f64
+                    } else {
+                        f64::from_bits(b)
+                    }
+                })
+                .collect();
+            v.try_into().expect("nine outputs")
+        })
+        .collect()
+}
+
+const NAMES: [&str; 9] = [
+    "z",
+    "v_new",
+    "i_new",
+    "a_new",
+    "g_ijump",
+    "g_v",
+    "g_a",
+    "surrogate",
+    "exp",
+];
+
+/// Compares bit patterns (NaN equal to NaN), reporting the first mismatches.
+fn assert_same(bits: u32, recs: &[Record], got: &[[f64; 9]], want: impl Fn(&Record) -> [f64; 9]) {
+    assert_eq!(got.len(), recs.len(), "one output line per record");
+    let mut bad = Vec::new();
+    for (k, (r, g)) in recs.iter().zip(got).enumerate() {
+        let w = want(r);
+        for j in 0..9 {
+            let same = g[j].to_bits() == w[j].to_bits() || (g[j].is_nan() && w[j].is_nan());
+            if !same && bad.len() < 10 {
+                bad.push(format!(
+                    "record {k} (method {}) {}: header {:e} vs rust {:e}",
+                    r.method, NAMES[j], g[j], w[j]
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "f{bits}: the header differs from the Rust kernel:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn the_gpu_math_header_equals_the_rust_kernel_bit_for_bit() {
+    let exe = compile_host_check("adex_host_check", &[]);
+    let recs = records(20_000);
+    let got32 = run_header(&exe, 32, &recs);
+    assert_same(32, &recs, &got32, |r| {
+        rust_outputs::<f32>(r).map(|x| x as f64)
+    });
+    let got64 = run_header(&exe, 64, &recs);
+    assert_same(64, &recs, &got64, rust_outputs::<f64>);
+    // The records reach what they should: spikes, capped exps and every method.
+    let spikes = got32.iter().filter(|o| o[0] == 1.0).count();
+    assert!(spikes > 1000 && spikes < 19_000, "{spikes} spikes");
+    let _ = std::fs::remove_file(exe);
+}
