@@ -385,3 +385,137 @@ pub fn measure(
         reference_neuron_steps_per_s: reference,
     })
 }
+
+/// The ops `adex bench --device` measures on an accelerator: `step` (one call per step),
+/// `seq`, `seq_u8`, `seq_bwd` (the backward kernel alone) and `encoder_seq`.
+pub const DEVICE_OPS: [&str; 5] = ["step", "seq", "seq_u8", "seq_bwd", "encoder_seq"];
+
+/// Bytes an op on `DEVICE_OPS` must move per neuron-step for elements of `size` bytes: its
+/// inputs read once and its outputs written once.
+fn device_bytes(op: &str, size: usize) -> usize {
+    match op {
+        "step" => 8 * size,
+        "seq_u8" => size + 1,
+        // x and the spike gradient read, the input gradient written.
+        "seq_bwd" => 3 * size,
+        _ => 2 * size,
+    }
+}
+
+/// Measures one case on an accelerator (any candle device): the fused op, a device-to-device
+/// copy of the same bytes (the roof; for `step` one copy per step, as the op makes one call per
+/// step), and the reference path where asked and small enough. Every timed call ends with a
+/// device synchronisation.
+pub fn measure_device(
+    dev: &Device,
+    op: &'static str,
+    dtype: DType,
+    (t, b, n): (usize, usize, usize),
+    with_reference: bool,
+) -> Result<Row> {
+    let p = AdexParameters::default();
+    let m = b * n;
+    let xs = Tensor::rand(0f32, 4.0, (t, b, n), dev)?.to_dtype(dtype)?;
+    let s0 = FeedForwardState::initial(&p, (b, n), dtype, dev)?;
+    let e0 = crate::state::EncoderState::initial(&p, (b, n), dtype, dev)?;
+    let sync = || dev.synchronize();
+    let steps = (t * m) as f64;
+    let reps = 5;
+    let min_s = 0.2;
+    let fused_s = match op {
+        "step" => {
+            let rows: Vec<Tensor> = (0..t).map(|k| xs.get(k)).collect::<Result<_>>()?;
+            time(reps, min_s, || {
+                let mut s = s0.clone();
+                for x in &rows {
+                    s = fused::lif_adex_feed_forward_step(x, &s, &p)?.1;
+                }
+                sync()
+            })?
+        }
+        "seq" => time(reps, min_s, || {
+            fused::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+            sync()
+        })?,
+        "seq_u8" => time(reps, min_s, || {
+            fused::lif_adex_feed_forward_seq_u8(&xs, &s0, &p, false)?;
+            sync()
+        })?,
+        "encoder_seq" => time(reps, min_s, || {
+            fused::lif_adex_current_encoder_seq(&xs, &e0, &p, false)?;
+            sync()
+        })?,
+        "seq_bwd" => {
+            let x = xs.reshape((t, m))?;
+            let st = Tensor::stack(
+                &[
+                    s0.v.flatten_all()?,
+                    s0.i.flatten_all()?,
+                    s0.a.flatten_all()?,
+                ],
+                0,
+            )?;
+            let grad = Tensor::rand(-1f32, 1.0, (t + 3, m), dev)?.to_dtype(dtype)?;
+            time(reps, min_s, || {
+                fused::feed_forward_seq_backward(&x, &st, &grad, &p)?;
+                sync()
+            })?
+        }
+        other => candle_core::bail!("unknown device op {other:?} (expected one of {DEVICE_OPS:?})"),
+    };
+    let bytes = t * m * device_bytes(op, dtype.size_in_bytes());
+    let roof_s = if op == "step" {
+        let src = Tensor::zeros(bytes / t / 2, DType::U8, dev)?;
+        time(reps, min_s, || {
+            for _ in 0..t {
+                src.copy()?;
+            }
+            sync()
+        })?
+    } else {
+        let src = Tensor::zeros(bytes / 2, DType::U8, dev)?;
+        time(reps, min_s, || {
+            src.copy()?;
+            sync()
+        })?
+    };
+    let reference = if with_reference && t * m <= 1 << 22 {
+        let r = match op {
+            "step" => {
+                let rows: Vec<Tensor> = (0..t).map(|k| xs.get(k)).collect::<Result<_>>()?;
+                Some(time(1, 0.0, || {
+                    let mut s = s0.clone();
+                    for x in &rows {
+                        s = reference::lif_adex_feed_forward_step(x, &s, &p)?.1;
+                    }
+                    sync()
+                })?)
+            }
+            "seq" => Some(time(1, 0.0, || {
+                reference::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+                sync()
+            })?),
+            "encoder_seq" => Some(time(1, 0.0, || {
+                reference::lif_adex_current_encoder_seq(&xs, &e0, &p, false)?;
+                sync()
+            })?),
+            _ => None,
+        };
+        r.map(|s| steps / s)
+    } else {
+        None
+    };
+    Ok(Row {
+        op,
+        dtype,
+        device: format!("{:?}", dev.location()),
+        isa: "gpu",
+        t,
+        b,
+        n,
+        threads: 1,
+        neuron_steps_per_s: steps / fused_s,
+        roof_neuron_steps_per_s: steps / roof_s,
+        reference_neuron_steps_per_s: reference,
+    })
+}

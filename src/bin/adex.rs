@@ -64,7 +64,11 @@ OPTIONS:
                        (candle backward() end to end) (repeatable; default all)
     --dtype D          f32, bf16, f16 or f64 (repeatable; default f32, bf16, f16)
     --isa I            avx512, avx2 or portable (default: the best this CPU has)
-    --no-reference     skip the reference path (it is slow at the large shapes)";
+    --no-reference     skip the reference path (it is slow at the large shapes)
+    --device D         cpu (default) or cuda: on cuda the ops are step, seq, seq_u8, seq_bwd
+                       (the backward kernel alone) and encoder_seq, the roof a device-to-device
+                       copy of the same bytes, the shapes the four above plus 1000,1,262144 (1 GB
+                       of f32 input), dtypes f32, bf16, f16 and f64";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -416,6 +420,8 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
     let (mut json, mut quick, mut with_reference) = (false, false, true);
     let (mut shapes, mut ops_, mut dtypes) = (Vec::new(), Vec::new(), Vec::new());
     let mut isa = Isa::detected();
+    let mut device: Option<String> = None;
+    let mut dev_ops: Vec<&'static str> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -445,6 +451,27 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                     }
                 }
             }
+            "--device" => {
+                let v = value()?;
+                match v.as_str() {
+                    "cpu" => device = None,
+                    "cuda" => device = Some(v),
+                    _ => return Err(format!("--device must be cpu or cuda, got {v:?}")),
+                }
+            }
+            "--op" if device.is_some() => {
+                let v = value()?;
+                let op = bench::DEVICE_OPS
+                    .into_iter()
+                    .find(|o| *o == v)
+                    .ok_or_else(|| {
+                        format!(
+                            "--op on a device must be one of {:?}, got {v:?}",
+                            bench::DEVICE_OPS
+                        )
+                    })?;
+                dev_ops.push(op);
+            }
             "--op" => {
                 let v = value()?;
                 let op = Op::ALL.into_iter().find(|o| o.name() == v).ok_or_else(|| {
@@ -470,6 +497,9 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
             }
             other => return Err(format!("unknown option {other}\n\n{BENCH_HELP}")),
         }
+    }
+    if device.is_some() {
+        return bench_device(json, quick, with_reference, shapes, dev_ops, dtypes);
     }
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
@@ -512,6 +542,72 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                         dtype.as_str(),
                         format!("{},{},{}", row.t, row.b, row.n),
                         row.threads,
+                        g(row.neuron_steps_per_s),
+                        g(row.roof_neuron_steps_per_s),
+                        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
+                        r,
+                        x
+                    );
+                }
+                std::io::stdout().flush().ok();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `adex bench --device cuda`.
+fn bench_device(
+    json: bool,
+    quick: bool,
+    with_reference: bool,
+    mut shapes: Vec<(usize, usize, usize)>,
+    mut ops: Vec<&'static str>,
+    mut dtypes: Vec<DType>,
+) -> Result<ExitCode, String> {
+    let dev = Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}"))?;
+    if shapes.is_empty() {
+        shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
+        if !quick {
+            shapes.push((1000, 1, 262_144));
+        }
+    }
+    if ops.is_empty() {
+        ops = bench::DEVICE_OPS.to_vec();
+    }
+    if dtypes.is_empty() {
+        dtypes = vec![DType::F32, DType::BF16, DType::F16, DType::F64];
+    }
+    if !json {
+        println!(
+            "{:<12} {:<5} {:>18} {:>10} {:>10} {:>6} {:>10} {:>8}",
+            "op", "dtype", "T,B,N", "fused G/s", "roof G/s", "%roof", "ref G/s", "x ref"
+        );
+    }
+    for &shape in &shapes {
+        for &op in &ops {
+            if op == "step" && shape.0 * shape.1 * shape.2 > 1 << 24 {
+                continue; // one launch per step: the small shapes show its cost
+            }
+            for &dtype in &dtypes {
+                let row = bench::measure_device(&dev, op, dtype, shape, with_reference)
+                    .map_err(|e| format!("bench {op} {dtype:?} {shape:?}: {e}"))?;
+                if json {
+                    println!("{}", row.json());
+                } else {
+                    let g = |x: f64| x / 1e9;
+                    let (r, x) = match row.reference_neuron_steps_per_s {
+                        Some(r) => (
+                            format!("{:.3}", g(r)),
+                            format!("{:.1}", row.neuron_steps_per_s / r),
+                        ),
+                        None => ("-".to_string(), "-".to_string()),
+                    };
+                    println!(
+                        "{:<12} {:<5} {:>18} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
+                        row.op,
+                        dtype.as_str(),
+                        format!("{},{},{}", row.t, row.b, row.n),
                         g(row.neuron_steps_per_s),
                         g(row.roof_neuron_steps_per_s),
                         100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,

@@ -696,6 +696,27 @@ fn infer_typed<E: Elem, O: Elem>(
     })
 }
 
+/// The backward kernel of the feed-forward sequence alone, on flattened tensors: `xs [T, M]`,
+/// the initial state `[3, M]` and the gradient of the packed output `[T + 3, M]` (spikes, then
+/// final `v, i, a`) give the gradients of `xs` and of the initial state. For benchmarks and
+/// checks of the kernel without autograd around it.
+pub(crate) fn feed_forward_seq_backward(
+    xs: &Tensor,
+    state: &Tensor,
+    grad: &Tensor,
+    p: &AdexParameters,
+) -> Result<(Tensor, Tensor)> {
+    let (_, m) = xs.dims2()?;
+    let op = SeqOp {
+        neuron: Neuron::FeedForward,
+        record: false,
+        coefs: Arc::new(AnyCoefs::new(p, m, xs.dtype(), xs.device())?),
+        method: p.method,
+        alpha: p.alpha,
+    };
+    op.bwd_all(xs, None, state, grad)
+}
+
 /// Checks that the fused path can serve the call.
 fn check_supported(op: &str, p: &AdexParameters, device: &Device) -> Result<()> {
     if let Some(why) = unsupported_reason(p, device) {
