@@ -7,10 +7,13 @@
 //   adex_fwd_<E>_<O>   sequence forward (the step is a sequence of one), E in {f32, f16, bf16,
 //                      f64} data, O spikes (E, or u8); encoder and feed-forward neurons, an
 //                      optional second drive, optional recording, scalar or per-neuron parameters
-//   adex_bwd_<E>       sequence backward (reverse time, checkpointed recomputation)
+//   adex_bwd_<E>_<K>   sequence backward (reverse time, checkpointed recomputation) for
+//                      surrogate method K (the order of SurrogateMethod::ALL)
 //   adex_poison_u8     fills a buffer with 0xff (NaN for every float type), for checks
+#ifndef ADEX_HOST_EMULATION  // kernels/adex_cuda_emu.cpp compiles this file on the host
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#endif
 #include <stdint.h>
 
 #include "adex_math.h"
@@ -32,6 +35,7 @@ struct Io<double> {
     static __device__ __forceinline__ double load(const double* p) { return __ldg(p); }
     static __device__ __forceinline__ double from(double x) { return x; }
 };
+#ifndef ADEX_HOST_EMULATION
 template <>
 struct Io<__half> {
     typedef float F;
@@ -50,6 +54,7 @@ struct Io<__nv_bfloat16> {
         return __float2bfloat16_rn(x);
     }
 };
+#endif
 template <>
 struct Io<uint8_t> {
     static __device__ __forceinline__ uint8_t from(float x) { return x != 0.0f; }
@@ -140,11 +145,12 @@ __device__ __forceinline__ void adex_fwd(const FwdArgs<typename Io<E>::F>& args)
     F v = Io<E>::load((const E*)args.v0 + n);
     F i = syn ? Io<E>::load((const E*)args.i0 + n) : F(0);
     F a = Io<E>::load((const E*)args.a0 + n);
-    for (size_t t0 = 0; t0 < steps; t0 += ADEX_UNROLL) {
+    // `row` is the offset of this thread's element in row t0; rows are `m` apart.
+    for (size_t t0 = 0, row = n; t0 < steps; t0 += ADEX_UNROLL, row += ADEX_UNROLL * m) {
         F x[ADEX_UNROLL], x2[ADEX_UNROLL];
 #pragma unroll
         for (int k = 0; k < ADEX_UNROLL; ++k) {
-            const size_t at = (t0 + k) * m + n;
+            const size_t at = row + k * m;
             const bool in = t0 + k < steps;
             x[k] = in ? Io<E>::load(xs + at) : F(0);
             x2[k] = in && has_x2 ? Io<E>::load(x2s + at) : F(0);
@@ -152,7 +158,7 @@ __device__ __forceinline__ void adex_fwd(const FwdArgs<typename Io<E>::F>& args)
 #pragma unroll
         for (int k = 0; k < ADEX_UNROLL; ++k) {
             if (t0 + k >= steps) break;
-            const size_t at = (t0 + k) * m + n;
+            const size_t at = row + k * m;
             const F i_jump = adex_jump(syn, has_x2, i, x[k], x2[k]);
             const AdexStep<F> s = adex_update(c, v, i_jump, a);
             if (syn) i = adex_synapse(c, i_jump);
@@ -176,7 +182,7 @@ __device__ __forceinline__ void adex_fwd(const FwdArgs<typename Io<E>::F>& args)
 // Steps per checkpoint segment: the pre-step states of one segment live in registers.
 #define ADEX_SEG 16
 
-template <typename E>
+template <typename E, int METHOD>
 __device__ __forceinline__ void adex_bwd(const BwdArgs<typename Io<E>::F>& args) {
     typedef typename Io<E>::F F;
     const size_t m = args.m, steps = args.t;
@@ -250,7 +256,7 @@ __device__ __forceinline__ void adex_bwd(const BwdArgs<typename Io<E>::F>& args)
                     ga += Io<E>::load((const E*)args.g_rec_a + at);
                 }
                 const F gz = Io<E>::load((const E*)args.g_spikes + at);
-                const AdexGrad<F> g = adex_update_backward(c, args.method, args.alpha, pv[k],
+                const AdexGrad<F> g = adex_update_backward(c, METHOD, args.alpha, pv[k],
                                                            pj[k], pa[k], gz, gv, gi, ga);
                 g_xs[at] = Io<E>::from(g.i_jump);
                 gv = g.v;
@@ -276,21 +282,34 @@ ADEX_FWD(adex_fwd_f32_f32, float, float)
 ADEX_FWD(adex_fwd_f32_u8, float, uint8_t)
 ADEX_FWD(adex_fwd_f64_f64, double, double)
 ADEX_FWD(adex_fwd_f64_u8, double, uint8_t)
+#ifndef ADEX_HOST_EMULATION
 ADEX_FWD(adex_fwd_f16_f16, __half, __half)
 ADEX_FWD(adex_fwd_f16_u8, __half, uint8_t)
 ADEX_FWD(adex_fwd_bf16_bf16, __nv_bfloat16, __nv_bfloat16)
 ADEX_FWD(adex_fwd_bf16_u8, __nv_bfloat16, uint8_t)
+#endif
 
-#define ADEX_BWD(NAME, E)                                                             \
+// One backward kernel per dtype and surrogate method (the method a compile-time constant, so
+// each kernel holds only its own surrogate): adex_bwd_<dtype>_<method number>.
+#define ADEX_BWD(NAME, E, METHOD)                                                     \
     extern "C" __global__ void __launch_bounds__(ADEX_BLOCK)                          \
         NAME(const BwdArgs<Io<E>::F> args) {                                          \
-        adex_bwd<E>(args);                                                            \
+        adex_bwd<E, METHOD>(args);                                                    \
     }
+#define ADEX_BWD_ALL(NAME, E)          \
+    ADEX_BWD(NAME##_0, E, ADEX_SUPER)     \
+    ADEX_BWD(NAME##_1, E, ADEX_TRIANGLE)  \
+    ADEX_BWD(NAME##_2, E, ADEX_TANH)      \
+    ADEX_BWD(NAME##_3, E, ADEX_CIRC)      \
+    ADEX_BWD(NAME##_4, E, ADEX_HEAVI_ERFC) \
+    ADEX_BWD(NAME##_5, E, ADEX_HEAVISIDE)
 
-ADEX_BWD(adex_bwd_f32, float)
-ADEX_BWD(adex_bwd_f64, double)
-ADEX_BWD(adex_bwd_f16, __half)
-ADEX_BWD(adex_bwd_bf16, __nv_bfloat16)
+ADEX_BWD_ALL(adex_bwd_f32, float)
+ADEX_BWD_ALL(adex_bwd_f64, double)
+#ifndef ADEX_HOST_EMULATION
+ADEX_BWD_ALL(adex_bwd_f16, __half)
+ADEX_BWD_ALL(adex_bwd_bf16, __nv_bfloat16)
+#endif
 
 extern "C" __global__ void adex_poison_u8(uint8_t* p, unsigned long long len) {
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < len;

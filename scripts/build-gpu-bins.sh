@@ -12,7 +12,7 @@ if [ ! -s target/cuda-env.sh ]; then
 fi
 . target/cuda-env.sh
 export CARGO_TARGET_DIR=target/cuda
-cargo build --release --features cuda --bin adex
+# Integration tests build the `adex` binary too, with the same lib (one compile of the crate).
 cargo test --release --features cuda --no-run --test cuda --test device --message-format=json \
   | python3 -c '
 import json, sys

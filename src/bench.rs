@@ -402,6 +402,16 @@ fn device_bytes(op: &str, size: usize) -> usize {
     }
 }
 
+/// One copy of `bytes` bytes between two device buffers allocated once (the roof).
+fn device_copy(dev: &Device, bytes: usize) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = dev {
+        return Ok(Box::new(fused::cuda::copy_roof(d, bytes)?));
+    }
+    let src = Tensor::zeros(bytes, DType::U8, dev)?;
+    Ok(Box::new(move || src.copy().map(|_| ())))
+}
+
 /// Measures one case on an accelerator (any candle device): the fused op, a device-to-device
 /// copy of the same bytes (the roof; for `step` one copy per step, as the op makes one call per
 /// step), and the reference path where asked and small enough. Every timed call ends with a
@@ -464,21 +474,14 @@ pub fn measure_device(
         other => candle_core::bail!("unknown device op {other:?} (expected one of {DEVICE_OPS:?})"),
     };
     let bytes = t * m * device_bytes(op, dtype.size_in_bytes());
-    let roof_s = if op == "step" {
-        let src = Tensor::zeros(bytes / t / 2, DType::U8, dev)?;
-        time(reps, min_s, || {
-            for _ in 0..t {
-                src.copy()?;
-            }
-            sync()
-        })?
-    } else {
-        let src = Tensor::zeros(bytes / 2, DType::U8, dev)?;
-        time(reps, min_s, || {
-            src.copy()?;
-            sync()
-        })?
-    };
+    let copies = if op == "step" { t } else { 1 };
+    let mut copy = device_copy(dev, bytes / copies / 2)?;
+    let roof_s = time(reps, min_s, || {
+        for _ in 0..copies {
+            copy()?;
+        }
+        sync()
+    })?;
     let reference = if with_reference && t * m <= 1 << 22 {
         let r = match op {
             "step" => {

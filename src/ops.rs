@@ -1,11 +1,12 @@
 //! Layer 6: the public entry points (re-exported at the crate root): the fused kernels where
 //! they can serve the call, the reference path otherwise.
 //!
-//! The fused path ([`crate::fused`]) serves CPU tensors of every float dtype, scalar and
-//! per-neuron parameters, and gradients with respect to inputs and states. A call goes to the
-//! reference path ([`crate::reference`]) when the tensors live on another device (until the
-//! GPU kernels exist) or when a parameter tensor itself needs a gradient (the fused backward
-//! does not differentiate parameters; the reference path does, so nothing is dropped).
+//! The fused path ([`crate::fused`]) serves CPU tensors (and CUDA tensors when built with the
+//! `cuda` feature) of every float dtype, scalar and per-neuron parameters, and gradients with
+//! respect to inputs and states. A call goes to the reference path ([`crate::reference`]) when
+//! the tensors live on another device (Metal, until its kernels exist) or when a parameter
+//! tensor itself needs a gradient (the fused backward does not differentiate parameters; the
+//! reference path does, so nothing is dropped).
 //! [`with_path`] forces one path on the current thread, for comparisons and tests.
 
 use crate::fused;

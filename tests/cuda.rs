@@ -323,7 +323,31 @@ fn gradients_equal_the_cpu_kernels_for_every_method() -> Result<()> {
                 let c = grads(&Device::Cpu, &xs, &p, record, &wz)?;
                 let g = grads(&dev, &xs, &p, record, &wz)?;
                 for (k, (gk, ck)) in g.iter().zip(&c).enumerate() {
-                    assert!(gk.iter().all(|x| x.is_finite()), "gradient {k} not finite");
+                    // Long f32 sequences with strong bursts can overflow the gradient (the
+                    // exp term multiplies it by e^u per step) on both paths alike: the
+                    // non-finite entries must coincide, the finite ones agree.
+                    let mismatch: Vec<String> = (0..gk.len())
+                        .filter(|&j| gk[j].is_finite() != ck[j].is_finite())
+                        .take(6)
+                        .map(|j| format!("[{j}] gpu {} cpu {}", gk[j], ck[j]))
+                        .collect();
+                    assert!(
+                        mismatch.is_empty(),
+                        "{dtype:?} {} T={t} record={record} gradient {k}: finiteness differs: {}",
+                        method.name(),
+                        mismatch.join(", ")
+                    );
+                    let keep = |v: &Vec<f64>| -> Vec<f64> {
+                        v.iter()
+                            .map(|x| if x.is_finite() { *x } else { 0.0 })
+                            .collect()
+                    };
+                    let (gk, ck) = (&keep(gk), &keep(ck));
+                    let finite = ck.iter().filter(|x| **x != 0.0).count();
+                    assert!(
+                        finite > 0,
+                        "{dtype:?}: no finite non-zero gradient to compare"
+                    );
                     let norm = ck.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
                     let diff = gk
                         .iter()

@@ -566,6 +566,9 @@ fn bench_device(
     mut dtypes: Vec<DType>,
 ) -> Result<ExitCode, String> {
     let dev = Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}"))?;
+    // Fresh outputs from the pool, not mapped anew on every call (see the function's docs).
+    #[cfg(feature = "cuda")]
+    candle_adex::fused::cuda_retain_pool_memory(&dev).map_err(|e| format!("--device cuda: {e}"))?;
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
         if !quick {

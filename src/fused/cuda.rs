@@ -166,7 +166,14 @@ fn dtype_name(dt: DType) -> Result<&'static str> {
     })
 }
 
-/// One forward sequence: `xs [T, M]` (and `x2`), the initial state packed `[S, M]`; spikes go to
+/// The initial state of a forward call: packed `[S, M]` (the custom op's argument), or the
+/// `S` state tensors `[M]` (the inference path, no packing copy).
+enum StateIn<'a> {
+    Packed(&'a CudaStorage, &'a Layout),
+    Tensors(&'a [Tensor]),
+}
+
+/// One forward sequence: `xs [T, M]` (and `x2`) from the initial state; spikes go to
 /// the device address `sp_p` (`[T, M]` of `O`: the data dtype or `u8`), the final state and, with
 /// `record`, the post-step states to `out_p` (`[S + S*T, M]` rows of `E`: final state, then
 /// recorded). The caller holds the output buffers (and their stream guards) for the launch.
@@ -175,7 +182,7 @@ fn forward<E: Dev, O: Dev>(
     op: &SeqOp,
     xs: (&CudaStorage, &Layout),
     x2: Option<(&CudaStorage, &Layout)>,
-    st: (&CudaStorage, &Layout),
+    st: StateIn<'_>,
     sp_p: u64,
     out_p: u64,
     t: usize,
@@ -200,11 +207,38 @@ fn forward<E: Dev, O: Dev>(
     let s = op.neuron.state_len();
     let (tt, mm) = (t as u64, m as u64);
     let xs_s = xs.0.as_cuda_slice::<E>()?;
-    let st_s = st.0.as_cuda_slice::<E>()?;
     let (xs_p, _g1) = xs_s.device_ptr(&stream);
     let xs_p = xs_p + start(xs.1, "xs")? as u64 * se;
-    let (st_p, _g2) = st_s.device_ptr(&stream);
-    let st_p = st_p + start(st.1, "state")? as u64 * se;
+    let tensor_guards: Vec<_> = match &st {
+        StateIn::Tensors(ts) => ts.iter().map(|t| t.storage_and_layout()).collect(),
+        StateIn::Packed(..) => Vec::new(),
+    };
+    let mut state_guards = Vec::with_capacity(s);
+    let mut bases: Vec<u64> = Vec::with_capacity(s);
+    match st {
+        StateIn::Packed(storage, layout) => {
+            let (p, g) = storage.as_cuda_slice::<E>()?.device_ptr(&stream);
+            state_guards.push(g);
+            let p = p + start(layout, "state")? as u64 * se;
+            bases.extend((0..s as u64).map(|k| p + k * mm * se));
+        }
+        StateIn::Tensors(_) => {
+            for (g, l) in &tensor_guards {
+                let candle_core::Storage::Cuda(c) = &**g else {
+                    bail!("fused AdEx (cuda): the state must be on the input's device");
+                };
+                let (p, pg) = c.as_cuda_slice::<E>()?.device_ptr(&stream);
+                state_guards.push(pg);
+                bases.push(p + start(l, "state")? as u64 * se);
+            }
+        }
+    }
+    if bases.len() != s {
+        bail!(
+            "fused AdEx (cuda): expected {s} state tensors, got {}",
+            bases.len()
+        );
+    }
     let x2_s = match x2 {
         Some((s2, _)) => Some(s2.as_cuda_slice::<E>()?),
         None => None,
@@ -219,8 +253,8 @@ fn forward<E: Dev, O: Dev>(
     let row = |k: u64| out_p + k * mm * se;
     // Kernel slots (v, i, a); the encoder has no i.
     let (v0, i0, a0) = match op.neuron {
-        Neuron::FeedForward => (st_p, st_p + mm * se, st_p + 2 * mm * se),
-        Neuron::Encoder => (st_p, 0, st_p + mm * se),
+        Neuron::FeedForward => (bases[0], bases[1], bases[2]),
+        Neuron::Encoder => (bases[0], 0, bases[1]),
     };
     let slot = |k: u64| -> [u64; 3] {
         // k: the row of the first state tensor; S rows apart by `stride` rows.
@@ -312,6 +346,7 @@ pub(crate) fn seq_packed(
             {
                 let (p, _guard) = out.device_ptr_mut(&stream);
                 let row = (t * m * std::mem::size_of::<$e>()) as u64;
+                let st = StateIn::Packed(st.0, st.1);
                 forward::<$e, $e>(op, xs, x2, st, p, p + row, t, m)?;
             }
             CudaStorage::wrap_cuda_slice(out, dev.clone())
@@ -329,9 +364,10 @@ pub(crate) fn seq_packed(
 
 /// The spikes of an inference call (`u8` or the data dtype) and its states packed
 /// `[S (+ S*T), M]`, in two buffers. A custom op returns one storage, so the second one is kept
-/// here and handed out by [`Take`].
+/// here and handed out by [`Take`]. The initial state is read from the state tensors directly.
 struct Split<'a> {
     op: &'a SeqOp,
+    state: &'a [Tensor],
     spikes_u8: bool,
     rest: std::sync::Mutex<Option<(CudaStorage, Shape)>>,
 }
@@ -341,7 +377,6 @@ impl Split<'_> {
         &self,
         xs: (&CudaStorage, &Layout),
         x2: Option<(&CudaStorage, &Layout)>,
-        st: (&CudaStorage, &Layout),
     ) -> Result<(CudaStorage, Shape)> {
         let (t, m) = xs.1.shape().dims2()?;
         let s = self.op.neuron.state_len();
@@ -355,6 +390,7 @@ impl Split<'_> {
                 {
                     let (sp, _g1) = spikes.device_ptr_mut(&stream);
                     let (rp, _g2) = rest.device_ptr_mut(&stream);
+                    let st = StateIn::Tensors(self.state);
                     forward::<$e, $o>(self.op, xs, x2, st, sp, rp, t, m)?;
                 }
                 *self.rest.lock().expect("unpoisoned") = Some((
@@ -380,31 +416,19 @@ impl Split<'_> {
     }
 }
 
-impl CustomOp2 for Split<'_> {
+impl CustomOp1 for Split<'_> {
     fn name(&self) -> &'static str {
         "adex-seq-split"
     }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
         bail!("fused AdEx: the split CUDA op has no CPU form")
     }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), None, (s2, l2))
+    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout) -> Result<(CudaStorage, Shape)> {
+        self.run((s1, l1), None)
     }
 }
 
-impl CustomOp3 for Split<'_> {
+impl CustomOp2 for Split<'_> {
     fn name(&self) -> &'static str {
         "adex-seq2-split"
     }
@@ -414,8 +438,6 @@ impl CustomOp3 for Split<'_> {
         _: &Layout,
         _: &CpuStorage,
         _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         bail!("fused AdEx: the split CUDA op has no CPU form")
     }
@@ -425,10 +447,8 @@ impl CustomOp3 for Split<'_> {
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), Some((s2, l2)), (s3, l3))
+        self.run((s1, l1), Some((s2, l2)))
     }
 }
 
@@ -456,17 +476,18 @@ pub(crate) fn infer(
     op: &SeqOp,
     xs: &Tensor,
     x2: Option<&Tensor>,
-    st: &Tensor,
+    state: &[Tensor],
     spikes_u8: bool,
 ) -> Result<(Tensor, Tensor)> {
     let split = Split {
         op,
+        state,
         spikes_u8,
         rest: std::sync::Mutex::new(None),
     };
     let spikes = match x2 {
-        Some(x2) => xs.apply_op3_no_bwd(x2, st, &split)?,
-        None => xs.apply_op2_no_bwd(st, &split)?,
+        Some(x2) => xs.apply_op2_no_bwd(x2, &split)?,
+        None => xs.apply_op1_no_bwd(&split)?,
     };
     let rest = xs.apply_op1_no_bwd(&Take(&split.rest))?;
     Ok((spikes, rest))
@@ -501,7 +522,7 @@ impl Bwd<'_> {
             ));
         }
         let func = dev.get_or_load_custom_func(
-            &format!("adex_bwd_{}", dtype_name(E::DTYPE_OF)?),
+            &format!("adex_bwd_{}_{}", dtype_name(E::DTYPE_OF)?, op.method as i32),
             MODULE,
             PTX,
         )?;
@@ -659,4 +680,39 @@ pub(crate) fn backward(
     )?;
     let s = op.neuron.state_len();
     Ok((out.narrow(0, 0, t)?, out.narrow(0, t, s)?))
+}
+
+/// Keeps device memory that candle frees in CUDA's default memory pool instead of handing it
+/// back to the driver at every synchronisation (the pool's release threshold set to "never"),
+/// so that fresh outputs of the next call are served from the pool, as PyTorch's caching
+/// allocator does. Without it, large outputs (hundreds of MB) are mapped anew on each call, which
+/// on an H200 costs about as much as the kernel. The memory stays reserved by this process.
+pub fn retain_pool_memory(dev: &CudaDevice) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::{result, sys};
+    let stream = dev.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().w()?;
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the device handle comes from candle's live context, and the release-threshold
+    // attribute takes a pointer to a u64, which `threshold` is.
+    unsafe {
+        let pool = result::device::get_default_mem_pool(ctx.cu_device()).w()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+        .result()
+        .w()?;
+    }
+    Ok(())
+}
+
+/// A device-to-device copy of `bytes` bytes between two buffers allocated once: the memory roof
+/// of the benchmarks. Returns a closure that runs one copy (not synchronised).
+pub fn copy_roof(dev: &CudaDevice, bytes: usize) -> Result<impl FnMut() -> Result<()>> {
+    let src = dev.alloc_zeros::<u8>(bytes.max(1))?;
+    let mut dst = dev.alloc_zeros::<u8>(bytes.max(1))?;
+    let dev = dev.clone();
+    Ok(move || dev.memcpy_dtod(&src, &mut dst))
 }

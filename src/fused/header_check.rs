@@ -1,7 +1,9 @@
-//! The GPU math header (`kernels/adex_math.h`) compiled as C++ on the CPU and held to the Rust
-//! definition ([`super::math`]) bit for bit, so the math the CUDA and Metal kernels run is checked
-//! without a GPU. A C++ compiler is needed (`$CXX`, else `c++`); without one the test fails and
-//! says so.
+//! The GPU sources checked on the CPU, without a GPU: the math header (`kernels/adex_math.h`)
+//! compiled as C++ and held to the Rust definition ([`super::math`]) bit for bit, and the CUDA
+//! kernels (`kernels/adex.cu`) compiled as C++ and run thread by thread on the host against plain
+//! loops over the same header (indexing, state slots, recording, second drive, per-neuron
+//! parameters, the backward's checkpointed segments). A C++ compiler is needed (`$CXX`, else
+//! `c++`); without one the tests fail and say so.
 
 use super::math::{self, Coef, N_COEF};
 use crate::surrogate::SurrogateMethod;
@@ -9,17 +11,19 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// Compiles `kernels/adex_host_check.cpp` with `extra` flags and returns the executable.
-pub(crate) fn compile_host_check(name: &str, extra: &[&str]) -> PathBuf {
+/// Compiles `kernels/<source>` with `extra` flags and returns the executable.
+pub(crate) fn compile_host(source: &str, extra: &[&str]) -> PathBuf {
+    let name = source.trim_end_matches(".cpp");
     let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let out = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let status = Command::new(&cxx)
         .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror"])
+        .arg("-Wno-unknown-pragmas")
         .args(extra)
         .arg("-I")
         .arg(&kernels)
-        .arg(kernels.join("adex_host_check.cpp"))
+        .arg(kernels.join(source))
         .arg("-o")
         .arg(&out)
         .status()
@@ -234,7 +238,7 @@ fn assert_same(bits: u32, recs: &[Record], got: &[[f64; 9]], want: impl Fn(&Reco
 
 #[test]
 fn the_gpu_math_header_equals_the_rust_kernel_bit_for_bit() {
-    let exe = compile_host_check("adex_host_check", &[]);
+    let exe = compile_host("adex_host_check.cpp", &[]);
     let recs = records(20_000);
     let got32 = run_header(&exe, 32, &recs);
     assert_same(32, &recs, &got32, |r| {
@@ -245,5 +249,17 @@ fn the_gpu_math_header_equals_the_rust_kernel_bit_for_bit() {
     // The records reach what they should: spikes, capped exps and every method.
     let spikes = got32.iter().filter(|o| o[0] == 1.0).count();
     assert!(spikes > 1000 && spikes < 19_000, "{spikes} spikes");
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn the_cuda_kernels_run_on_the_host_equal_plain_loops() {
+    let exe = compile_host("adex_cuda_emu.cpp", &[]);
+    let out = Command::new(&exe)
+        .output()
+        .expect("run the kernel emulation");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "kernel emulation:\n{text}");
+    assert!(text.contains(", 0 mismatches"), "{text}");
     let _ = std::fs::remove_file(exe);
 }

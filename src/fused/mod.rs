@@ -35,7 +35,7 @@
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
-pub(crate) mod cuda;
+pub mod cuda;
 pub(crate) mod elem;
 #[cfg(test)]
 mod header_check;
@@ -54,6 +54,22 @@ use elem::{Compute, Elem};
 use half::{bf16, f16};
 use math::{Coef, Real, N_COEF};
 use std::sync::Arc;
+
+/// Keeps freed device memory in CUDA's memory pool for the next call (see
+/// [`cuda::retain_pool_memory`]); an error on other devices. Recommended for repeated large
+/// calls on a GPU.
+///
+/// ```no_run
+/// # #[cfg(feature = "cuda")] {
+/// let dev = candle_core::Device::new_cuda(0)?;
+/// candle_adex::fused::cuda_retain_pool_memory(&dev)?;
+/// # }
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[cfg(feature = "cuda")]
+pub fn cuda_retain_pool_memory(dev: &Device) -> Result<()> {
+    cuda::retain_pool_memory(dev.as_cuda_device()?)
+}
 
 /// Why the fused kernels cannot serve a call, or `None` when they can: the device is not the
 /// CPU, or a parameter tensor needs a gradient (the fused backward computes gradients for
@@ -587,8 +603,7 @@ fn run_flat(
             method: p.method,
             alpha: p.alpha,
         };
-        let st = Tensor::stack(state, 0)?;
-        let (spikes, rest) = cuda::infer(&op, xs, x2, &st, u8_spikes)?;
+        let (spikes, rest) = cuda::infer(&op, xs, x2, state, u8_spikes)?;
         let s = state.len();
         return Ok(Flat {
             spikes,
