@@ -75,7 +75,8 @@ pub fn cuda_retain_pool_memory(dev: &Device) -> Result<()> {
 /// CPU, or a parameter tensor needs a gradient (the fused backward computes gradients for
 /// inputs and states only).
 pub fn unsupported_reason(p: &AdexParameters, device: &Device) -> Option<String> {
-    if !device.is_cpu() && !(cfg!(feature = "cuda") && device.is_cuda()) {
+    let served = device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda());
+    if !served {
         return Some(format!(
             "the fused kernels run on the CPU{}, not on {:?}",
             if cfg!(feature = "cuda") {
