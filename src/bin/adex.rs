@@ -525,30 +525,7 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                 let row = with_isa(isa, || bench::measure(op, dtype, shape, with_reference))
                     .and_then(|r| r)
                     .map_err(|e| format!("bench {} {dtype:?} {shape:?}: {e}", op.name()))?;
-                if json {
-                    println!("{}", row.json());
-                } else {
-                    let g = |x: f64| x / 1e9;
-                    let (r, x) = match row.reference_neuron_steps_per_s {
-                        Some(r) => (
-                            format!("{:.3}", g(r)),
-                            format!("{:.1}", row.neuron_steps_per_s / r),
-                        ),
-                        None => ("-".to_string(), "-".to_string()),
-                    };
-                    println!(
-                        "{:<12} {:<5} {:>18} {:>3} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
-                        row.op,
-                        dtype.as_str(),
-                        format!("{},{},{}", row.t, row.b, row.n),
-                        row.threads,
-                        g(row.neuron_steps_per_s),
-                        g(row.roof_neuron_steps_per_s),
-                        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
-                        r,
-                        x
-                    );
-                }
+                print_row(&row, json, true);
                 std::io::stdout().flush().ok();
             }
         }
@@ -595,32 +572,42 @@ fn bench_device(
             for &dtype in &dtypes {
                 let row = bench::measure_device(&dev, op, dtype, shape, with_reference)
                     .map_err(|e| format!("bench {op} {dtype:?} {shape:?}: {e}"))?;
-                if json {
-                    println!("{}", row.json());
-                } else {
-                    let g = |x: f64| x / 1e9;
-                    let (r, x) = match row.reference_neuron_steps_per_s {
-                        Some(r) => (
-                            format!("{:.3}", g(r)),
-                            format!("{:.1}", row.neuron_steps_per_s / r),
-                        ),
-                        None => ("-".to_string(), "-".to_string()),
-                    };
-                    println!(
-                        "{:<12} {:<5} {:>18} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
-                        row.op,
-                        dtype.as_str(),
-                        format!("{},{},{}", row.t, row.b, row.n),
-                        g(row.neuron_steps_per_s),
-                        g(row.roof_neuron_steps_per_s),
-                        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
-                        r,
-                        x
-                    );
-                }
+                print_row(&row, json, false);
                 std::io::stdout().flush().ok();
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One bench row: JSON, or a table line (with the thread count on the CPU).
+fn print_row(row: &bench::Row, json: bool, with_threads: bool) {
+    if json {
+        println!("{}", row.json());
+        return;
+    }
+    let g = |x: f64| x / 1e9;
+    let (r, x) = match row.reference_neuron_steps_per_s {
+        Some(r) => (
+            format!("{:.3}", g(r)),
+            format!("{:.1}", row.neuron_steps_per_s / r),
+        ),
+        None => ("-".to_string(), "-".to_string()),
+    };
+    let threads = if with_threads {
+        format!(" {:>3}", row.threads)
+    } else {
+        String::new()
+    };
+    println!(
+        "{:<12} {:<5} {:>18}{threads} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
+        row.op,
+        row.dtype.as_str(),
+        format!("{},{},{}", row.t, row.b, row.n),
+        g(row.neuron_steps_per_s),
+        g(row.roof_neuron_steps_per_s),
+        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
+        r,
+        x
+    );
 }
