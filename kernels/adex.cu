@@ -125,6 +125,17 @@ __device__ __forceinline__ AdexCoef<F> coef_of(const F* coefs, AdexCoef<F> c, si
     return r;
 }
 
+// One step of a thread's neuron driven by i_jump: advances (v, i, a) and returns the spike.
+template <typename F>
+__device__ __forceinline__ F advance(const AdexCoef<F>& c, bool syn, F i_jump, F& v, F& i,
+                                     F& a) {
+    const AdexStep<F> s = adex_update(c, v, i_jump, a);
+    if (syn) i = adex_synapse(c, i_jump);
+    v = s.v;
+    a = s.a;
+    return s.z;
+}
+
 // ---------------------------------------------------------------- forward
 
 // Steps loaded ahead of their compute (memory-level parallelism per thread).
@@ -159,12 +170,8 @@ __device__ __forceinline__ void adex_fwd(const FwdArgs<typename Io<E>::F>& args)
         for (int k = 0; k < ADEX_UNROLL; ++k) {
             if (t0 + k >= steps) break;
             const size_t at = row + k * m;
-            const F i_jump = adex_jump(syn, has_x2, i, x[k], x2[k]);
-            const AdexStep<F> s = adex_update(c, v, i_jump, a);
-            if (syn) i = adex_synapse(c, i_jump);
-            v = s.v;
-            a = s.a;
-            spikes[at] = Io<O>::from(s.z);
+            const F z = advance(c, syn, adex_jump(syn, has_x2, i, x[k], x2[k]), v, i, a);
+            spikes[at] = Io<O>::from(z);
             if (rec) {
                 ((E*)args.rec_v)[at] = Io<E>::from(v);
                 if (syn) ((E*)args.rec_i)[at] = Io<E>::from(i);
@@ -201,12 +208,10 @@ __device__ __forceinline__ void adex_bwd(const BwdArgs<typename Io<E>::F>& args)
         F v = v0, i = i0, a = a0;
         for (size_t t = 0; t < (nseg - 1) * ADEX_SEG; ++t) {
             const size_t at = t * m + n;
-            const F i_jump = adex_jump(syn, has_x2, i, Io<E>::load(xs + at),
-                                       has_x2 ? Io<E>::load(x2s + at) : F(0));
-            const AdexStep<F> s = adex_update(c, v, i_jump, a);
-            if (syn) i = adex_synapse(c, i_jump);
-            v = s.v;
-            a = s.a;
+            advance(c, syn,
+                    adex_jump(syn, has_x2, i, Io<E>::load(xs + at),
+                              has_x2 ? Io<E>::load(x2s + at) : F(0)),
+                    v, i, a);
             if ((t + 1) % ADEX_SEG == 0) {
                 F* ck = args.ckpt + ((t + 1) / ADEX_SEG - 1) * 3 * m + n;
                 ck[0] = v;
@@ -240,10 +245,7 @@ __device__ __forceinline__ void adex_bwd(const BwdArgs<typename Io<E>::F>& args)
                 const F i_jump = adex_jump(syn, has_x2, i, Io<E>::load(xs + at),
                                            has_x2 ? Io<E>::load(x2s + at) : F(0));
                 pj[k] = i_jump;
-                const AdexStep<F> st = adex_update(c, v, i_jump, a);
-                if (syn) i = adex_synapse(c, i_jump);
-                v = st.v;
-                a = st.a;
+                advance(c, syn, i_jump, v, i, a);
             }
         }
 #pragma unroll
