@@ -5,9 +5,12 @@
 //! says so and returns. The GPU check script runs these with `CANDLE_ADEX_POISON=1`, so an output
 //! element a kernel does not write shows as NaN and fails the comparison.
 
-use candle_adex::{fused, AdexParameters, EncoderState, FeedForwardState, Param, RecurrentState};
+use candle_adex::{fused, AdexParameters, EncoderState, FeedForwardState, RecurrentState};
 use candle_adex::{Sequence, SurrogateMethod};
 use candle_core::{DType, Device, Result, Tensor, Var};
+
+mod common;
+use common::{currents, per_neuron_params};
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
@@ -23,43 +26,6 @@ fn gpu() -> Option<Device> {
             None
         }
     }
-}
-
-/// Input currents around threshold with bursts, deterministic.
-fn currents(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f32 / (1u64 << 53) as f32;
-            if u < 0.1 {
-                40.0 * u
-            } else {
-                3.0 * u - 0.5
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu)?.to_dtype(dtype)
-}
-
-fn per_neuron(n: usize, dev: &Device) -> Result<AdexParameters> {
-    let ramp = |lo: f32, hi: f32| -> Result<Param> {
-        let v: Vec<f32> = (0..n)
-            .map(|k| lo + (hi - lo) * k as f32 / n.max(2) as f32)
-            .collect();
-        Ok(Param::Tensor(Tensor::from_vec(v, n, dev)?))
-    };
-    Ok(AdexParameters {
-        v_th: ramp(0.8, 1.2)?,
-        tau_mem_inv: ramp(50.0, 150.0)?,
-        adaptation_current: ramp(0.0, 6.0)?,
-        delta_t: ramp(0.3, 0.7)?,
-        adaptation_spike: 0.05.into(),
-        ..Default::default()
-    })
 }
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
@@ -153,11 +119,15 @@ fn feed_forward_sequences_equal_the_cpu_kernels() -> Result<()> {
             for per in [false, true] {
                 for record in [false, true] {
                     let p = if per {
-                        per_neuron(n, &Device::Cpu)?
+                        per_neuron_params(n, &Device::Cpu)?
                     } else {
                         AdexParameters::default()
                     };
-                    let p_gpu = if per { per_neuron(n, &dev)? } else { p.clone() };
+                    let p_gpu = if per {
+                        per_neuron_params(n, &dev)?
+                    } else {
+                        p.clone()
+                    };
                     let xs = currents(&[t, b, n], dtype, (t * n) as u64)?;
                     let s0 = FeedForwardState::initial(&p, (b, n), dtype, &Device::Cpu)?;
                     let s0g = FeedForwardState::initial(&p_gpu, (b, n), dtype, &dev)?;

@@ -7,46 +7,10 @@ use candle_adex::{fused, reference, AdexParameters, EncoderState, FeedForwardSta
 use candle_adex::{RecurrentState, Sequence, SurrogateMethod};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+mod common;
+use common::{currents, per_neuron_params};
+
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
-
-/// Input currents around the firing threshold: mostly sub-threshold drive with bursts.
-fn currents(shape: &[usize], dtype: DType, seed: u64) -> Result<Tensor> {
-    let dev = Device::Cpu;
-    let n: usize = shape.iter().product();
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let u = (s >> 11) as f32 / (1u64 << 53) as f32;
-            if u < 0.1 {
-                40.0 * u
-            } else {
-                3.0 * u - 0.5
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, shape, &dev)?.to_dtype(dtype)
-}
-
-fn per_neuron_params(n: usize) -> Result<AdexParameters> {
-    let dev = Device::Cpu;
-    let ramp = |lo: f32, hi: f32| -> Result<Param> {
-        let v: Vec<f32> = (0..n)
-            .map(|k| lo + (hi - lo) * k as f32 / n.max(2) as f32)
-            .collect();
-        Ok(Param::Tensor(Tensor::from_vec(v, n, &dev)?))
-    };
-    Ok(AdexParameters {
-        v_th: ramp(0.8, 1.2)?,
-        tau_mem_inv: ramp(50.0, 150.0)?,
-        adaptation_current: ramp(0.0, 6.0)?,
-        delta_t: ramp(0.3, 0.7)?,
-        adaptation_spike: 0.05.into(),
-        ..Default::default()
-    })
-}
 
 fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
@@ -151,7 +115,7 @@ fn feed_forward_sequence_matches_reference_for_every_dtype_and_isa() -> Result<(
             ] {
                 let n = *state_shape.last().unwrap();
                 let p = if per_neuron {
-                    per_neuron_params(n)?
+                    per_neuron_params(n, &Device::Cpu)?
                 } else {
                     AdexParameters::default()
                 };
@@ -230,7 +194,7 @@ fn a_no_rec(
 #[test]
 fn steps_equal_the_reference_steps_and_one_step_sequences() -> Result<()> {
     for dtype in DTYPES {
-        let p = per_neuron_params(41)?;
+        let p = per_neuron_params(41, &Device::Cpu)?;
         let x = currents(&[4, 41], dtype, 11)?;
         let s = FeedForwardState {
             v: currents(&[4, 41], dtype, 12)?,
@@ -275,7 +239,7 @@ fn steps_equal_the_reference_steps_and_one_step_sequences() -> Result<()> {
 fn encoder_sequence_matches_reference() -> Result<()> {
     for isa in Isa::available() {
         for dtype in DTYPES {
-            let p = per_neuron_params(77)?;
+            let p = per_neuron_params(77, &Device::Cpu)?;
             let xs = (currents(&[150, 2, 77], dtype, 21)? * 30.0)?;
             let s0 = EncoderState::initial(&p, (2, 77), dtype, &Device::Cpu)?;
             let f = with_isa(isa, || {
@@ -437,7 +401,7 @@ fn fused_gradients_equal_reference_gradients_for_every_method() -> Result<()> {
                 let p = AdexParameters {
                     method,
                     alpha: 3.0,
-                    ..per_neuron_params(23)?
+                    ..per_neuron_params(23, &Device::Cpu)?
                 };
                 let xs = currents(&[steps, 2, 23], dtype, 61)?;
                 let s0 = FeedForwardState {
