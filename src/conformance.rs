@@ -1,4 +1,4 @@
-//! Layer 5: conformance against norse's golden files.
+//! Layer 8: conformance against norse's golden files.
 //!
 //! A golden file (format `norse-adex-golden/1`, see `tests/data/norse/MANIFEST.md`) is a
 //! safetensors file with tensors `<case>/<tensor>` and a JSON `cases` entry in its metadata. Each
@@ -31,8 +31,12 @@
 //!
 //! [`lif_adex_current_encoder_norse_1_1_0`]: crate::reference::lif_adex_current_encoder_norse_1_1_0
 
+use crate::fused::RecurrentInput;
+use crate::modules::{
+    LifAdex, LifAdexCell, LifAdexRecurrent, LifAdexRecurrentCell, RecurrentConfig,
+};
 use crate::params::{AdexParameters, Param};
-use crate::reference::{self, compute_dtype};
+use crate::reference::{self, compute_dtype, StateTensors};
 use crate::state::{EncoderState, FeedForwardState, RecurrentState};
 use crate::surrogate::SurrogateMethod;
 use candle_core::{bail, DType, Device, Result, Tensor, Var};
@@ -200,10 +204,13 @@ impl GoldenFile {
     fn run_case(&self, case: &str) -> Result<Run> {
         let meta = &self.cases[case];
         let text = |k: &str| meta.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        let c = Case {
+            file: self,
+            name: case,
+            meta,
+        };
         if meta.get("module").is_some() {
-            return Ok(Run::Skipped(
-                "module layer (cells, sequences) not implemented yet: issue #5".into(),
-            ));
+            return c.module(text("module"));
         }
         if !text("status").is_empty() && text("status") != "ok" {
             return Ok(Run::Skipped(format!(
@@ -212,11 +219,6 @@ impl GoldenFile {
             )));
         }
         let function = text("function");
-        let c = Case {
-            file: self,
-            name: case,
-            meta,
-        };
         if function.contains("threshold") {
             c.threshold()
         } else if function.contains("+ autograd") {
@@ -599,6 +601,171 @@ impl Case<'_> {
         Ok(Run::Measured(measures))
     }
 
+    /// norse's modules, run as norse ran them: from `state = None`, with the weights norse
+    /// created; cells called once per step with the state fed back, sequences in one call.
+    /// Measured: the initial state (exact), every step replayed through our cell from norse's
+    /// previous state (teacher forcing, tolerances of the functional cases), the free run (flips,
+    /// v before the first flip), and the final state and recorded spikes when nothing flipped.
+    fn module(&self, module: &str) -> Result<Run> {
+        let name = module.split('(').next().unwrap_or("");
+        let name = name.rsplit('.').next().unwrap_or("");
+        let (recurrent, per_step) = match name {
+            "LIFAdExCell" => (false, true),
+            "LIFAdEx" => (false, false),
+            "LIFAdExRecurrentCell" => (true, true),
+            "LIFAdExRecurrent" => (true, false),
+            _ => bail!("unknown module {module:?} (expected LIFAdEx[Recurrent][Cell])"),
+        };
+        let xs = self.t("input")?;
+        let u = unit_roundoff(xs.dtype());
+        let p = self.params()?;
+        let steps = xs.dim(0)?;
+        let fields: &[&str] = if recurrent {
+            &["z", "v", "i", "a"]
+        } else {
+            &["v", "i", "a"]
+        };
+        let norse_out: Vec<Tensor> = ["out_z", "out_v", "out_i", "out_a"]
+            .iter()
+            .map(|k| self.t(k))
+            .collect::<Result<_>>()?;
+        let mut measures = vec![];
+        // Our module's trajectory [z, v, i, a] as [T, ...] tensors, its initial and final state,
+        // and the teacher-forced steps.
+        let (ours, init, fin, forced, size): ([Tensor; 4], Vec<Tensor>, Vec<Tensor>, _, usize);
+        if recurrent {
+            let (w_in, w_rec) = (self.t("w_in")?, self.t("w_rec")?);
+            size = w_in.dim(0)? + w_in.dim(1)?;
+            let cell = LifAdexRecurrentCell::from_weights(w_in, w_rec.clone(), p, false)?;
+            let diff = (cell.recurrent_weights()? - &w_rec)?.abs()?.max_all()?;
+            measures.push(tol("w_rec_used", host(&diff)?[0], 0.0));
+            let s0 = cell.initial_state(&xs.get(0)?)?;
+            let trajectory = if per_step {
+                let mut state: Option<RecurrentState> = None;
+                let mut list = vec![];
+                for t in 0..steps {
+                    let (_, next) = cell.step(&xs.get(t)?, state.as_ref())?;
+                    list.push(next.clone());
+                    state = Some(next);
+                }
+                stack_states(&list.iter().map(|s| s.to_list()).collect::<Vec<_>>())?
+            } else {
+                let config = RecurrentConfig {
+                    record_states: true,
+                    recurrent_input: RecurrentInput::Dense,
+                    ..Default::default()
+                };
+                let layer = LifAdexRecurrent::from_cell(cell.clone(), config);
+                let out = layer.run(&xs, None)?;
+                let rec = out.recorded.expect("recorded");
+                let mismatch = (&out.spikes - &rec.z)?.abs()?.sum_all()?;
+                measures.push(tol("spikes_vs_state_z", host(&mismatch)?[0], 0.0));
+                rec.to_list()
+            };
+            let prev = RecurrentState::from_list(
+                (0..4)
+                    .map(|k| {
+                        let init = self.t(&format!("init.{}", fields[k]))?;
+                        Self::previous(&init.broadcast_as(s0.v.shape())?, &norse_out[k])
+                    })
+                    .collect::<Result<_>>()?,
+            );
+            let (z, next) = cell.step(&xs, Some(&prev))?;
+            forced = [z, next.v, next.i, next.a];
+            let last = |t: &Tensor| t.get(steps - 1);
+            fin = trajectory.iter().map(last).collect::<Result<_>>()?;
+            init = s0.to_list();
+            ours = trajectory.try_into().expect("four tensors");
+        } else {
+            let cell = LifAdexCell::new(p)?;
+            let s0 = cell.initial_state(&xs.get(0)?)?;
+            let trajectory = if per_step {
+                let mut state: Option<FeedForwardState> = None;
+                let mut z = vec![];
+                let mut list = vec![];
+                for t in 0..steps {
+                    let (zt, next) = cell.step(&xs.get(t)?, state.as_ref())?;
+                    z.push(zt);
+                    list.push(next.clone());
+                    state = Some(next);
+                }
+                let mut all = vec![Tensor::stack(&z, 0)?];
+                all.extend(stack_states(
+                    &list.iter().map(|s| s.to_list()).collect::<Vec<_>>(),
+                )?);
+                all
+            } else {
+                let layer = LifAdex::new(cell.params().clone())?.with_record_states(true);
+                let out = layer.run(&xs, None)?;
+                let rec = out.recorded.expect("recorded");
+                vec![out.spikes, rec.v, rec.i, rec.a]
+            };
+            let prev = FeedForwardState::from_list(
+                (0..3)
+                    .map(|k| {
+                        let init = self.t(&format!("init.{}", fields[k]))?;
+                        Self::previous(&init.broadcast_as(s0.v.shape())?, &norse_out[k + 1])
+                    })
+                    .collect::<Result<_>>()?,
+            );
+            let (z, next) = cell.step(&xs, Some(&prev))?;
+            forced = [z, next.v, next.i, next.a];
+            let last = |t: &Tensor| t.get(steps - 1);
+            fin = trajectory[1..].iter().map(last).collect::<Result<_>>()?;
+            init = s0.to_list();
+            ours = trajectory.try_into().expect("four tensors");
+            size = 0;
+        }
+        // the initial state norse made (v may be 0-d: it broadcasts)
+        let mut init_err = 0f64;
+        for (k, f) in fields.iter().enumerate() {
+            let theirs = self
+                .t(&format!("init.{f}"))?
+                .broadcast_as(init[k].shape())?;
+            let d = (&init[k].to_dtype(DType::F64)? - theirs.to_dtype(DType::F64)?)?;
+            init_err = init_err.max(host(&d.abs()?.max_all()?)?[0]);
+        }
+        measures.push(tol("init_state", init_err, 0.0));
+
+        let step_tol = if recurrent {
+            64.0 * u * size as f64
+        } else {
+            32.0 * u
+        };
+        let flip_tol = if recurrent {
+            1e3 * u * size as f64
+        } else {
+            1e3 * u
+        };
+        let domain = vec![true; forced[1].elem_count()];
+        let c = self.compare(
+            [&forced[0], &forced[1], &forced[2], &forced[3]],
+            [&norse_out[0], &norse_out[1], &norse_out[2], &norse_out[3]],
+            &domain,
+            flip_tol,
+        )?;
+        measures.extend(self.state_measures("", &c, step_tol, true));
+        let (flips, first, err) = free_run(&ours[0], &ours[1], &norse_out[0], &norse_out[1])?;
+        measures.push(info("free_flips", flips as f64));
+        measures.push(info("first_flip_step", first.map_or(-1.0, |t| t as f64)));
+        measures.push(tol("free_v", err, step_tol * steps as f64));
+        if self.has("final.v") && flips == 0 {
+            let mut fin_err = 0f64;
+            for (k, f) in fields.iter().enumerate() {
+                let theirs = host(&self.t(&format!("final.{f}"))?)?;
+                for (o, r) in host(&fin[k])?.iter().zip(&theirs) {
+                    fin_err = fin_err.max((o - r).abs() / r.abs().max(1.0));
+                }
+            }
+            measures.push(tol("final_state", fin_err, step_tol * steps as f64));
+        }
+        if self.has("out_zstate") && flips == 0 {
+            let d = (&ours[0] - self.t("out_zstate")?)?.abs()?.sum_all()?;
+            measures.push(tol("zstate_mismatch", host(&d)?[0], 0.0));
+        }
+        Ok(Run::Measured(measures))
+    }
+
     fn encoder(&self) -> Result<Run> {
         let xs = self.t("input")?;
         let dtype = xs.dtype();
@@ -903,6 +1070,14 @@ fn free_run(
         }
     }
     Ok((flips, first, err))
+}
+
+/// Stacks a list of states (each a list of tensors) field by field over a new leading time axis.
+fn stack_states(states: &[Vec<Tensor>]) -> Result<Vec<Tensor>> {
+    let fields = states.first().map_or(0, Vec::len);
+    (0..fields)
+        .map(|k| Tensor::stack(&states.iter().map(|s| &s[k]).collect::<Vec<_>>(), 0))
+        .collect()
 }
 
 /// Runs every case of the golden files at `paths`; an unreadable file is an error.

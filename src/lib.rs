@@ -15,7 +15,9 @@
 //!    with a reverse-time surrogate-gradient backward;
 //! 6. [`ops`]: the crate-root functions, which use the fused kernels where they can serve the
 //!    call and the reference path otherwise;
-//! 7. [`conformance`]: replays norse's golden files through this crate and measures the errors.
+//! 7. [`modules`]: candle-nn modules (cells and time-first sequences, feed-forward, recurrent
+//!    and encoder) with explicit states, weights from a `VarBuilder`;
+//! 8. [`conformance`]: replays norse's golden files through this crate and measures the errors.
 //!
 //! ```
 //! use candle_adex::{lif_adex_feed_forward_seq, AdexParameters, FeedForwardState};
@@ -35,6 +37,7 @@
 pub mod bench;
 pub mod conformance;
 pub mod fused;
+pub mod modules;
 pub mod ops;
 pub mod params;
 pub mod reference;

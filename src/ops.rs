@@ -57,7 +57,7 @@ pub fn with_path<R>(path: Path, f: impl FnOnce() -> R) -> R {
 }
 
 /// True when the call should use the fused kernels.
-fn use_fused(p: &AdexParameters, device: &Device) -> bool {
+pub(crate) fn use_fused(p: &AdexParameters, device: &Device) -> bool {
     match PATH.with(|c| c.get()) {
         Path::Auto => fused::unsupported_reason(p, device).is_none(),
         Path::Reference => false,

@@ -37,6 +37,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub(crate) mod elem;
+mod event;
 #[cfg(test)]
 mod header_check;
 pub(crate) mod math;
@@ -54,6 +55,8 @@ use elem::{Compute, Elem};
 use half::{bf16, f16};
 use math::{Coef, Real, N_COEF};
 use std::sync::Arc;
+
+pub use event::{recurrent_input_event_driven, RecurrentInput, EVENT_DRIVEN_MAX_DENSITY};
 
 /// Keeps freed device memory in CUDA's memory pool for the next call (see
 /// [`cuda::retain_pool_memory`]); an error on other devices. Recommended for repeated large
@@ -1104,6 +1107,45 @@ pub fn lif_adex_seq(
     p: &AdexParameters,
     record_states: bool,
 ) -> Result<Sequence<RecurrentState>> {
+    lif_adex_seq_with(
+        xs,
+        state,
+        input_weights,
+        recurrent_weights,
+        p,
+        record_states,
+        RecurrentInput::Dense,
+    )
+}
+
+/// [`lif_adex_seq`] with a choice of how the recurrent input is computed each step (see
+/// [`RecurrentInput`]): dense matrix products, or, for inference on the CPU, the event-driven sum
+/// of the weight columns of the neurons that spiked.
+///
+/// ```
+/// use candle_adex::{fused::{self, RecurrentInput}, AdexParameters, RecurrentState};
+/// use candle_core::{DType, Device, Tensor};
+/// let dev = Device::Cpu;
+/// let p = AdexParameters::default();
+/// let xs = Tensor::rand(0f64, 1.0, (50, 2, 5), &dev)?;
+/// let s0 = RecurrentState::initial(&p, (2, 30), DType::F64, &dev)?;
+/// let w_in = Tensor::full(0.5f64, (30, 5), &dev)?;
+/// let w_rec = Tensor::randn(0f64, 0.3, (30, 30), &dev)?;
+/// let run = |how| fused::lif_adex_seq_with(&xs, &s0, &w_in, &w_rec, &p, false, how);
+/// let (dense, sparse) = (run(RecurrentInput::Dense)?, run(RecurrentInput::EventDriven)?);
+/// let dv = (dense.state.v - sparse.state.v)?.abs()?.max_all()?.to_scalar::<f64>()?;
+/// assert!(dv < 1e-9);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lif_adex_seq_with(
+    xs: &Tensor,
+    state: &RecurrentState,
+    input_weights: &Tensor,
+    recurrent_weights: &Tensor,
+    p: &AdexParameters,
+    record_states: bool,
+    recurrent_input: RecurrentInput,
+) -> Result<Sequence<RecurrentState>> {
     const OP: &str = "lif_adex_seq";
     reference::check_sequence_input(OP, xs)?;
     let list = state.to_list();
@@ -1122,11 +1164,36 @@ pub fn lif_adex_seq(
     let projected = reference::linear(&xs.to_dtype(cd)?, &input_weights.to_dtype(cd)?)?;
     let w_rec = recurrent_weights.to_dtype(cd)?;
     let steps = xs.dim(0)?;
+    let tracked = [xs, input_weights, recurrent_weights]
+        .into_iter()
+        .chain(state.tensors())
+        .any(Tensor::track_op);
+    let event = match recurrent_input {
+        RecurrentInput::Dense => None,
+        RecurrentInput::Auto if tracked || !xs.device().is_cpu() => None,
+        RecurrentInput::Auto => Some((event::EventDriven::new(OP, &w_rec)?, false)),
+        RecurrentInput::EventDriven => {
+            if tracked {
+                bail!("{OP}: the event-driven recurrent input has no gradient, but a tensor of the call is tracked for one (use RecurrentInput::Dense or Auto)");
+            }
+            Some((event::EventDriven::new(OP, &w_rec)?, true))
+        }
+    };
     let mut state = cast_state(state, cd)?;
     let mut spikes = Vec::with_capacity(steps);
     let mut recorded: Vec<RecurrentState> = Vec::new();
     for t in 0..steps {
-        let rec = reference::linear(&state.z, &w_rec)?;
+        let sparse = match &event {
+            Some((ed, always)) => {
+                ed.apply_if(&state.z, |d| *always || d <= EVENT_DRIVEN_MAX_DENSITY)?
+                    .1
+            }
+            None => None,
+        };
+        let rec = match sparse {
+            Some(rec) => rec,
+            None => reference::linear(&state.z, &w_rec)?,
+        };
         let (z, next) = lif_adex_recurrent_update(&projected.get(t)?, &rec, &state, p)?;
         spikes.push(z);
         if record_states {
