@@ -19,11 +19,12 @@ use candle_core::{bail, DType, Device, Result, Tensor};
 /// The spike density (fraction of `[.., H]` elements of the previous step's `z` that are
 /// non-zero) at or below which [`RecurrentInput::Auto`] uses the event-driven product.
 ///
-/// Measured on this project's CPU (AMD Zen 5, 2 threads, f32; `cargo bench --bench recurrent`,
-/// README "Event-driven recurrence"): the event-driven product is faster than candle's dense
-/// matmul up to about 30 % density at H = 1024 (B = 1 and B = 32) and up to 20 % at H = 256, B=32; the
-/// threshold keeps a margin below the crossover.
-pub const EVENT_DRIVEN_MAX_DENSITY: f64 = 0.1;
+/// Measured on this project's CPU (AMD Zen 5, f32, `cargo bench --bench recurrent`, README
+/// "Event-driven recurrence"): against candle's dense matmul the event-driven product is 10-100x
+/// faster at 1 % density, 1.8-7x at 5 %, and slower at 20 % once the weights outgrow the cache
+/// (B = 32, H = 1024: 0.55x; B = 8, H = 4096: 0.62x), while at B = 1 or H = 256 it still wins at
+/// 50 %. The crossover lies near 11-14 % for the large cases; 8 % keeps a margin below it.
+pub const EVENT_DRIVEN_MAX_DENSITY: f64 = 0.08;
 
 /// How a recurrent sequence computes its recurrent input `z_prev W_rec^T` each step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -40,28 +41,40 @@ pub enum RecurrentInput {
 }
 
 /// `W_rec^T` on the host, in the compute dtype (f32 or f64), for the event-driven product.
-pub(crate) enum Transposed {
+enum Transposed {
     F32(Vec<f32>),
     F64(Vec<f64>),
 }
 
-/// A recurrent weight matrix prepared for event-driven products.
-pub(crate) struct EventDriven {
+/// A recurrent weight matrix prepared for event-driven products: `W_rec^T` copied once to the
+/// host in the compute precision (f64 for f64 weights, f32 otherwise), then applied to the spikes
+/// of each step.
+///
+/// ```
+/// use candle_adex::fused::EventDriven;
+/// use candle_core::{Device, Tensor};
+/// let w = Tensor::randn(0f32, 1.0, (3, 3), &Device::Cpu)?;
+/// let event = EventDriven::new(&w)?; // once per weight matrix
+/// let z = Tensor::new(&[[1f32, 0., 0.], [0., 0., 1.]], &Device::Cpu)?; // spikes of a step
+/// let dense = z.matmul(&w.t()?)?;
+/// let sparse = event.apply(&z)?;
+/// assert_eq!(dense.to_vec2::<f32>()?, sparse.to_vec2::<f32>()?);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub struct EventDriven {
     wt: Transposed,
     h: usize,
     device: Device,
 }
 
-/// `out[b, :] += z[b, j] * wt[j, :]` for every non-zero `z[b, j]`; returns the non-zero count.
-fn accumulate<T>(z: &[T], wt: &[T], h: usize, out: &mut [T]) -> usize
+/// `out[b, :] += z[b, j] * wt[j, :]` for every non-zero `z[b, j]`.
+fn accumulate<T>(z: &[T], wt: &[T], h: usize, out: &mut [T])
 where
     T: Copy + PartialEq + Default + std::ops::Mul<Output = T> + std::ops::AddAssign,
 {
-    let mut events = 0;
     for (z_row, out_row) in z.chunks_exact(h).zip(out.chunks_exact_mut(h)) {
         for (j, &zj) in z_row.iter().enumerate() {
             if zj != T::default() {
-                events += 1;
                 let w_row = &wt[j * h..(j + 1) * h];
                 for (o, &w) in out_row.iter_mut().zip(w_row) {
                     *o += zj * w;
@@ -69,12 +82,29 @@ where
             }
         }
     }
-    events
 }
 
 impl EventDriven {
-    /// Prepares `w_rec [H, H]` (f32 or f64, on the CPU).
-    pub(crate) fn new(op: &str, w_rec: &Tensor) -> Result<Self> {
+    /// Prepares `w_rec [H, H]` (on the CPU, any float dtype).
+    pub fn new(w_rec: &Tensor) -> Result<Self> {
+        Self::for_op("EventDriven::new", w_rec)
+    }
+
+    /// `z W_rec^T` for spikes (or any values) `z [..., H]` on the CPU: the weight columns of the
+    /// non-zero entries, scaled by them, summed; same shape and dtype as `z`. No autograd.
+    pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
+        if z.dims().last() != Some(&self.h) || !z.device().is_cpu() {
+            bail!(
+                "EventDriven::apply: z must be [..., {}] on the CPU, got {:?} on {:?}",
+                self.h,
+                z.dims(),
+                z.device().location()
+            );
+        }
+        Ok(self.apply_if(z, |_| true)?.1.expect("always applied"))
+    }
+
+    pub(crate) fn for_op(op: &str, w_rec: &Tensor) -> Result<Self> {
         let (h, h2) = w_rec.dims2()?;
         if h != h2 {
             bail!(
@@ -169,6 +199,5 @@ pub fn recurrent_input_event_driven(z: &Tensor, w_rec: &Tensor) -> Result<Tensor
             w_rec.device().location()
         );
     }
-    let (_, out) = EventDriven::new(OP, w_rec)?.apply_if(z, |_| true)?;
-    Ok(out.expect("always applied"))
+    EventDriven::for_op(OP, w_rec)?.apply(z)
 }

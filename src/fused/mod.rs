@@ -56,7 +56,9 @@ use half::{bf16, f16};
 use math::{Coef, Real, N_COEF};
 use std::sync::Arc;
 
-pub use event::{recurrent_input_event_driven, RecurrentInput, EVENT_DRIVEN_MAX_DENSITY};
+pub use event::{
+    recurrent_input_event_driven, EventDriven, RecurrentInput, EVENT_DRIVEN_MAX_DENSITY,
+};
 
 /// Keeps freed device memory in CUDA's memory pool for the next call (see
 /// [`cuda::retain_pool_memory`]); an error on other devices. Recommended for repeated large
@@ -1171,12 +1173,12 @@ pub fn lif_adex_seq_with(
     let event = match recurrent_input {
         RecurrentInput::Dense => None,
         RecurrentInput::Auto if tracked || !xs.device().is_cpu() => None,
-        RecurrentInput::Auto => Some((event::EventDriven::new(OP, &w_rec)?, false)),
+        RecurrentInput::Auto => Some((event::EventDriven::for_op(OP, &w_rec)?, false)),
         RecurrentInput::EventDriven => {
             if tracked {
                 bail!("{OP}: the event-driven recurrent input has no gradient, but a tensor of the call is tracked for one (use RecurrentInput::Dense or Auto)");
             }
-            Some((event::EventDriven::new(OP, &w_rec)?, true))
+            Some((event::EventDriven::for_op(OP, &w_rec)?, true))
         }
     };
     let mut state = cast_state(state, cd)?;
