@@ -196,7 +196,7 @@ impl Module for LifAdex {
 /// use candle_adex::{modules::LifAdexEncoder, AdexParameters};
 /// use candle_core::{Device, Module, Tensor};
 /// let enc = LifAdexEncoder::new(AdexParameters::default())?;
-/// let xs = Tensor::new(&[[0f32, 50.0, 200.0]], &Device::Cpu)?.repeat((100, 1))?;
+/// let xs = Tensor::new(&[[0f32, 3.0, 8.0]], &Device::Cpu)?.repeat((100, 1))?;
 /// let counts = enc.forward(&xs)?.sum(0)?.to_vec1::<f32>()?;
 /// assert!(counts[0] == 0.0 && counts[1] < counts[2]); // rate grows with the current
 /// # Ok::<(), candle_core::Error>(())

@@ -41,6 +41,18 @@ fn varmap_cell(
     (varmap, cell)
 }
 
+/// A cell with plain (untracked) random weights, for inference.
+fn plain_cell(i: usize, h: usize, dtype: DType) -> LifAdexRecurrentCell {
+    let std = (2.0 / h as f64).sqrt();
+    let w = |r, c| {
+        Tensor::randn(0f64, std, (r, c), &CPU)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    LifAdexRecurrentCell::from_weights(w(h, i), w(h, h), AdexParameters::default(), false).unwrap()
+}
+
 fn diagonal(w: &Tensor) -> Vec<f64> {
     let rows = w.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
     rows.iter().enumerate().map(|(k, r)| r[k]).collect()
@@ -63,7 +75,10 @@ fn feed_forward_modules_equal_the_functional_calls() -> Result<()> {
             // explicit state in and out: two halves equal the whole
             let first = layer.run(&xs.narrow(0, 0, 25)?, None)?;
             let second = layer.run(&xs.narrow(0, 25, 35)?, Some(&first.state))?;
-            assert_eq!(max_diff(&second.state.a, &want.state.a), 0.0);
+            // (half types keep an f32 state inside a call but return it rounded)
+            if dtype != DType::BF16 {
+                assert_eq!(max_diff(&second.state.a, &want.state.a), 0.0);
+            }
             // the cell, once per step, from the initial state
             let cell = LifAdexCell::new(p.clone())?;
             let (z, s) = cell.step(&xs.get(0)?, None)?;
@@ -249,7 +264,7 @@ fn event_driven_recurrence_equals_dense() -> Result<()> {
     // drives giving low, medium and high spike densities
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-4)] {
         for drive in [1.0, 3.0, 12.0] {
-            let (_vm, cell) = varmap_cell(6, 67, dtype, RecurrentConfig::default());
+            let cell = plain_cell(6, 67, dtype);
             let xs = (Tensor::rand(0f32, 1.0, (120, 3, 6), &CPU)? * drive)?.to_dtype(dtype)?;
             let layer = LifAdexRecurrent::from_cell(cell.clone(), RecurrentConfig::default());
             let run = |how| layer.clone().with_recurrent_input(how).run(&xs, None);
@@ -267,7 +282,7 @@ fn event_driven_recurrence_equals_dense() -> Result<()> {
         }
     }
     // a non-binary initial z (a user's state) is weighted, not just counted
-    let (_vm, cell) = varmap_cell(2, 5, DType::F64, RecurrentConfig::default());
+    let cell = plain_cell(2, 5, DType::F64);
     let layer = LifAdexRecurrent::from_cell(cell.clone(), RecurrentConfig::default());
     let xs = Tensor::zeros((1, 2), DType::F64, &CPU)?;
     let mut s0 = layer.initial_state(&xs)?;
