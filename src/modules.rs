@@ -53,6 +53,18 @@ use crate::reference::Sequence;
 use crate::state::{EncoderState, FeedForwardState, RecurrentState};
 use candle_core::{bail, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder, RNN};
+use std::borrow::Cow;
+
+/// The caller's state, or the initial one made by `initial`.
+fn state_or<'a, S: Clone>(
+    state: Option<&'a S>,
+    initial: impl FnOnce() -> Result<S>,
+) -> Result<Cow<'a, S>> {
+    Ok(match state {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(initial()?),
+    })
+}
 
 /// The shape of one step of a time-first input `[T, ...]`.
 fn step_dims<'a>(module: &str, xs: &'a Tensor) -> Result<&'a [usize]> {
@@ -106,15 +118,8 @@ impl LifAdexCell {
         x: &Tensor,
         state: Option<&FeedForwardState>,
     ) -> Result<(Tensor, FeedForwardState)> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                initial = self.initial_state(x)?;
-                &initial
-            }
-        };
-        crate::ops::lif_adex_feed_forward_step(x, state, &self.params)
+        let state = state_or(state, || self.initial_state(x))?;
+        crate::ops::lif_adex_feed_forward_step(x, &state, &self.params)
     }
 }
 
@@ -170,15 +175,8 @@ impl LifAdex {
         xs: &Tensor,
         state: Option<&FeedForwardState>,
     ) -> Result<Sequence<FeedForwardState>> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                initial = self.initial_state(xs)?;
-                &initial
-            }
-        };
-        crate::ops::lif_adex_feed_forward_seq(xs, state, &self.cell.params, self.record_states)
+        let state = state_or(state, || self.initial_state(xs))?;
+        crate::ops::lif_adex_feed_forward_seq(xs, &state, &self.cell.params, self.record_states)
     }
 }
 
@@ -235,29 +233,17 @@ impl LifAdexEncoder {
 
     /// One step of the encoder from `state` (`None`: the initial state).
     pub fn step(&self, x: &Tensor, state: Option<&EncoderState>) -> Result<(Tensor, EncoderState)> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                initial = self.initial_state(x)?;
-                &initial
-            }
-        };
-        crate::ops::lif_adex_current_encoder(x, state, &self.params)
+        let state = state_or(state, || self.initial_state(x))?;
+        crate::ops::lif_adex_current_encoder(x, &state, &self.params)
     }
 
     /// The encoder over `xs [T, ..., N]` from `state` (`None`: the initial state).
     pub fn run(&self, xs: &Tensor, state: Option<&EncoderState>) -> Result<Sequence<EncoderState>> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                let dims = step_dims("LifAdexEncoder", xs)?;
-                initial = EncoderState::initial(&self.params, dims, xs.dtype(), xs.device())?;
-                &initial
-            }
-        };
-        crate::ops::lif_adex_current_encoder_seq(xs, state, &self.params, self.record_states)
+        let state = state_or(state, || {
+            let dims = step_dims("LifAdexEncoder", xs)?;
+            EncoderState::initial(&self.params, dims, xs.dtype(), xs.device())
+        })?;
+        crate::ops::lif_adex_current_encoder_seq(xs, &state, &self.params, self.record_states)
     }
 }
 
@@ -439,16 +425,9 @@ impl LifAdexRecurrentCell {
         x: &Tensor,
         state: Option<&RecurrentState>,
     ) -> Result<(Tensor, RecurrentState)> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                initial = self.initial_state(x)?;
-                &initial
-            }
-        };
+        let state = state_or(state, || self.initial_state(x))?;
         let w_rec = self.recurrent_weights()?;
-        crate::ops::lif_adex_step(x, state, &self.input_weights, &w_rec, &self.params)
+        crate::ops::lif_adex_step(x, &state, &self.input_weights, &w_rec, &self.params)
     }
 }
 
@@ -549,21 +528,14 @@ impl LifAdexRecurrent {
         xs: &Tensor,
         state: Option<&RecurrentState>,
     ) -> Result<Sequence<RecurrentState>> {
-        let initial;
-        let state = match state {
-            Some(s) => s,
-            None => {
-                initial = self.initial_state(xs)?;
-                &initial
-            }
-        };
+        let state = state_or(state, || self.initial_state(xs))?;
         let w_rec = self.cell.recurrent_weights()?;
         let p = &self.cell.params;
         let (w_in, record) = (&self.cell.input_weights, self.record_states);
         if crate::ops::use_fused(p, xs.device()) {
             crate::fused::lif_adex_seq_with(
                 xs,
-                state,
+                &state,
                 w_in,
                 &w_rec,
                 p,
@@ -577,7 +549,7 @@ impl LifAdexRecurrent {
                     .unwrap_or_else(|| "the reference path was forced".into())
             )
         } else {
-            crate::reference::lif_adex_seq(xs, state, w_in, &w_rec, p, record)
+            crate::reference::lif_adex_seq(xs, &state, w_in, &w_rec, p, record)
         }
     }
 }

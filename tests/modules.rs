@@ -400,40 +400,30 @@ fn bad_input_gives_errors_that_name_it() {
         RecurrentState::initial(&AdexParameters::default(), (2, 6), DType::F32, &CPU).unwrap();
     let e = msg(layer.run(&xs, Some(&bad)));
     assert!(e.contains("[5, 5]") || e.contains("shape"), "{e}");
-    // construction
-    let e = LifAdexRecurrentCell::from_weights(
-        Tensor::zeros((5, 3), DType::F32, &CPU).unwrap(),
-        Tensor::zeros((5, 4), DType::F32, &CPU).unwrap(),
-        AdexParameters::default(),
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    // construction: weights [H, I] and [H, H] of one dtype, parameters of H neurons
+    let build = |w_rec: (usize, usize), rec_dtype, v_th: Param| {
+        let p = AdexParameters {
+            v_th,
+            ..Default::default()
+        };
+        let w_in = Tensor::zeros((5, 3), DType::F32, &CPU).unwrap();
+        let w_rec = Tensor::zeros(w_rec, rec_dtype, &CPU).unwrap();
+        LifAdexRecurrentCell::from_weights(w_in, w_rec, p, false)
+            .unwrap_err()
+            .to_string()
+    };
+    let e = build((5, 4), DType::F32, 1.0.into());
     assert!(
         e.contains("recurrent_weights must be [H, H] = [5, 5]"),
         "{e}"
     );
-    let e = LifAdexRecurrentCell::from_weights(
-        Tensor::zeros((5, 3), DType::F32, &CPU).unwrap(),
-        Tensor::zeros((5, 5), DType::F64, &CPU).unwrap(),
-        AdexParameters::default(),
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build((5, 5), DType::F64, 1.0.into());
     assert!(e.contains("dtype"), "{e}");
-    let per_neuron = AdexParameters {
-        v_th: Param::Tensor(Tensor::ones(4, DType::F32, &CPU).unwrap()),
-        ..Default::default()
-    };
-    let e = LifAdexRecurrentCell::from_weights(
-        Tensor::zeros((5, 3), DType::F32, &CPU).unwrap(),
-        Tensor::zeros((5, 5), DType::F32, &CPU).unwrap(),
-        per_neuron,
-        false,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = build(
+        (5, 5),
+        DType::F32,
+        Param::Tensor(Tensor::ones(4, DType::F32, &CPU).unwrap()),
+    );
     assert!(e.contains("v_th"), "{e}");
     let vb = VarBuilder::zeros(DType::F32, &CPU);
     let e = LifAdexRecurrentCell::new(

@@ -137,33 +137,35 @@ impl EventDriven {
         z: &Tensor,
         use_if: impl Fn(f64) -> bool,
     ) -> Result<(f64, Option<Tensor>)> {
-        let h = self.h;
-        let elems = z.elem_count();
-        let density = |events: usize| events as f64 / elems.max(1) as f64;
-        let flat = z.flatten_all()?;
-        let out = match &self.wt {
-            Transposed::F32(wt) => {
-                let zs: Vec<f32> = flat.to_dtype(DType::F32)?.to_vec1()?;
-                let d = density(zs.iter().filter(|&&v| v != 0.0).count());
-                if !use_if(d) {
-                    return Ok((d, None));
-                }
-                let mut out = vec![0f32; elems];
-                accumulate(&zs, wt, h, &mut out);
-                (d, Tensor::from_vec(out, z.shape(), &self.device)?)
-            }
-            Transposed::F64(wt) => {
-                let zs: Vec<f64> = flat.to_dtype(DType::F64)?.to_vec1()?;
-                let d = density(zs.iter().filter(|&&v| v != 0.0).count());
-                if !use_if(d) {
-                    return Ok((d, None));
-                }
-                let mut out = vec![0f64; elems];
-                accumulate(&zs, wt, h, &mut out);
-                (d, Tensor::from_vec(out, z.shape(), &self.device)?)
-            }
+        let (density, out) = match &self.wt {
+            Transposed::F32(wt) => self.product(z, wt, use_if)?,
+            Transposed::F64(wt) => self.product(z, wt, use_if)?,
         };
-        Ok((out.0, Some(out.1.to_dtype(z.dtype())?)))
+        Ok((density, out.map(|t| t.to_dtype(z.dtype())).transpose()?))
+    }
+
+    /// [`apply_if`](Self::apply_if) in the precision `T` of the prepared weights.
+    fn product<T>(
+        &self,
+        z: &Tensor,
+        wt: &[T],
+        use_if: impl Fn(f64) -> bool,
+    ) -> Result<(f64, Option<Tensor>)>
+    where
+        T: candle_core::WithDType + Default,
+    {
+        let zs: Vec<T> = z.flatten_all()?.to_dtype(T::DTYPE)?.to_vec1()?;
+        let events = zs.iter().filter(|&&v| v != T::default()).count();
+        let density = events as f64 / zs.len().max(1) as f64;
+        if !use_if(density) {
+            return Ok((density, None));
+        }
+        let mut out = vec![T::default(); zs.len()];
+        accumulate(&zs, wt, self.h, &mut out);
+        Ok((
+            density,
+            Some(Tensor::from_vec(out, z.shape(), &self.device)?),
+        ))
     }
 }
 
