@@ -17,7 +17,9 @@
 //!    call and the reference path otherwise;
 //! 7. [`modules`]: candle-nn modules (cells and time-first sequences, feed-forward, recurrent
 //!    and encoder) with explicit states, weights from a `VarBuilder`;
-//! 8. [`conformance`]: replays norse's golden files through this crate and measures the errors.
+//! 8. [`patterns`]: the classic AdEx firing patterns as presets (Naud et al. 2008, rescaled),
+//!    step responses, spike-train features and f-I curves;
+//! 9. [`conformance`]: replays norse's golden files through this crate and measures the errors.
 //!
 //! ```
 //! use candle_adex::{lif_adex_feed_forward_seq, AdexParameters, FeedForwardState};
@@ -40,6 +42,7 @@ pub mod fused;
 pub mod modules;
 pub mod ops;
 pub mod params;
+pub mod patterns;
 pub mod reference;
 pub mod state;
 pub mod surrogate;

@@ -1,44 +1,40 @@
-//! The `adex` command: simulate a population of AdEx neurons, check conformance with norse.
+//! The `adex` command: simulate a population of AdEx neurons, map firing patterns and f-I
+//! curves, check conformance with norse, benchmark against the memory roof.
 //!
 //! ```text
-//! adex simulate [options]      run a population and print firing statistics
+//! adex simulate [options]      run a population, print firing statistics, plot, record
+//! adex patterns [options]      the classic firing patterns under a current step
+//! adex fi-curve [options]      firing rate against input current
 //! adex conformance FILE...     replay norse golden files and report errors per case
 //! adex bench [options]         fused kernels vs reference path vs memory roof
 //! ```
 
+mod config;
+mod explore;
+mod font;
+mod plot;
+mod png;
+mod simulate;
+
 use candle_adex::bench::{self, Op};
 use candle_adex::fused::cpu::{with_isa, Isa};
-use candle_adex::{
-    conformance, lif_adex_feed_forward_seq, ops, AdexParameters, FeedForwardState, Param,
-};
-use candle_core::{DType, Device, Tensor};
+use candle_adex::{conformance, ops};
+use candle_core::{DType, Device};
 use std::io::Write;
 use std::process::ExitCode;
-use std::time::Instant;
 
 const HELP: &str = "\
 adex: AdEx neurons (norse semantics) on candle
 
 USAGE:
-    adex simulate [OPTIONS]      simulate a population and print firing statistics
+    adex simulate [OPTIONS]      simulate a population: firing statistics, plot, recording
+    adex patterns [OPTIONS]      the classic AdEx firing patterns under a current step
+    adex fi-curve [OPTIONS]      firing rate against input current
     adex conformance FILE...     replay norse golden files (norse-adex-golden/1) and compare
     adex bench [OPTIONS]         fused kernels against the reference path and the memory roof
     adex help                    this text
 
 Run `adex <command> --help` for the options of a command.";
-
-const SIMULATE_HELP: &str = "\
-adex simulate: a population of AdEx neurons with heterogeneous parameters and a noisy input
-current, through the reference path; prints rates, ISI variability and adaptation.
-
-OPTIONS:
-    --neurons N      population size (default 1000)
-    --steps T        time steps (default 1000, one simulated second at dt = 1 ms)
-    --dt DT          time step in seconds (default 0.001)
-    --dtype D        f32, f64, f16 or bf16 (default f32)
-    --seed S         seed of the parameter and input draws (default 1)
-    --input-mean X   mean input current per step, scaled per neuron by 0.5..1.5 (default 0.4)
-    --input-noise X  standard deviation of the white input noise (default 0.3)";
 
 const CONFORMANCE_HELP: &str = "\
 adex conformance FILE...: replay golden runs of norse (safetensors files in the format of
@@ -75,8 +71,12 @@ fn main() -> ExitCode {
     let rest = args.get(1..).unwrap_or(&[]);
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
     let result = match args.first().map(String::as_str) {
-        Some("simulate") if wants_help => Ok(print(SIMULATE_HELP)),
-        Some("simulate") => simulate(rest),
+        Some("simulate") if wants_help => Ok(print(simulate::HELP)),
+        Some("simulate") => simulate::simulate(rest),
+        Some("patterns") if wants_help => Ok(print(explore::PATTERNS_HELP)),
+        Some("patterns") => explore::patterns_cmd(rest),
+        Some("fi-curve") if wants_help => Ok(print(explore::FI_HELP)),
+        Some("fi-curve") => explore::fi_cmd(rest),
         Some("conformance") if wants_help => Ok(print(CONFORMANCE_HELP)),
         Some("conformance") => conformance_cmd(rest),
         Some("bench") if wants_help => Ok(print(BENCH_HELP)),
@@ -154,257 +154,7 @@ fn conformance_files(files: &[String]) -> Result<ExitCode, String> {
     })
 }
 
-/// Options of `simulate`.
-struct SimOptions {
-    neurons: usize,
-    steps: usize,
-    dt: f64,
-    dtype: DType,
-    seed: u64,
-    input_mean: f64,
-    input_noise: f64,
-}
-
-fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
-    let mut o = SimOptions {
-        neurons: 1000,
-        steps: 1000,
-        dt: 0.001,
-        dtype: DType::F32,
-        seed: 1,
-        input_mean: 0.4,
-        input_noise: 0.3,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("option {flag} needs a value (see adex simulate --help)"))?;
-        let num = |what: &str| -> Result<f64, String> {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("{flag}: expected {what}, got {value:?}"))
-        };
-        let count = || -> Result<usize, String> {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| format!("{flag}: expected a positive integer, got {value:?}"))
-        };
-        match flag.as_str() {
-            "--neurons" => o.neurons = count()?,
-            "--steps" => o.steps = count()?,
-            "--dt" => {
-                o.dt = num("a positive number")?;
-                if o.dt <= 0.0 {
-                    return Err(format!("--dt: must be > 0, got {value}"));
-                }
-            }
-            "--seed" => {
-                o.seed = value
-                    .parse()
-                    .map_err(|_| format!("--seed: expected an integer, got {value:?}"))?
-            }
-            "--input-mean" => o.input_mean = num("a number")?,
-            "--input-noise" => {
-                o.input_noise = num("a non-negative number")?;
-                if o.input_noise < 0.0 {
-                    return Err(format!("--input-noise: must be >= 0, got {value}"));
-                }
-            }
-            "--dtype" => {
-                o.dtype = match value.as_str() {
-                    "f32" => DType::F32,
-                    "f64" => DType::F64,
-                    "f16" => DType::F16,
-                    "bf16" => DType::BF16,
-                    _ => {
-                        return Err(format!(
-                            "--dtype: expected f32, f64, f16 or bf16, got {value:?}"
-                        ))
-                    }
-                }
-            }
-            _ => return Err(format!("unknown option {flag} (see adex simulate --help)")),
-        }
-    }
-    Ok(o)
-}
-
-/// A small deterministic generator (SplitMix64) with uniform and normal draws.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform(f64::MIN_POSITIVE, 1.0);
-        let u2 = self.uniform(0.0, 1.0);
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
-fn simulate(args: &[String]) -> Result<ExitCode, String> {
-    let o = parse_simulate(args)?;
-    run_simulation(&o).map_err(|e| e.to_string())?;
-    Ok(ExitCode::SUCCESS)
-}
-
-fn run_simulation(o: &SimOptions) -> candle_core::Result<()> {
-    let dev = Device::Cpu;
-    let n = o.neurons;
-    let mut rng = Rng(o.seed);
-    let mut per_neuron = |lo: f64, hi: f64| -> candle_core::Result<Param> {
-        let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi) as f32).collect();
-        Ok(Param::Tensor(Tensor::from_vec(v, n, &dev)?))
-    };
-    let p = AdexParameters {
-        v_th: per_neuron(0.9, 1.1)?,
-        tau_ada_inv: per_neuron(1.0, 4.0)?,
-        adaptation_spike: per_neuron(0.0, 0.1)?,
-        adaptation_current: per_neuron(2.0, 6.0)?,
-        dt: o.dt,
-        ..Default::default()
-    };
-    let gain: Vec<f64> = (0..n).map(|_| rng.uniform(0.5, 1.5)).collect();
-    let input: Vec<f32> = (0..o.steps * n)
-        .map(|k| (o.input_mean * gain[k % n] + o.input_noise * rng.normal()) as f32)
-        .collect();
-    let xs = Tensor::from_vec(input, (o.steps, n), &dev)?.to_dtype(o.dtype)?;
-    let mut state = FeedForwardState::initial(&p, n, o.dtype, &dev)?;
-
-    println!(
-        "simulating {n} AdEx neurons for {} steps (dt = {} s, {:?}, cpu, reference path)",
-        o.steps, o.dt, o.dtype
-    );
-    let start = Instant::now();
-    let chunk = 100.min(o.steps);
-    let mut spikes = Vec::with_capacity(o.steps * n);
-    let mut a_trace_mean = vec![];
-    for begin in (0..o.steps).step_by(chunk) {
-        let len = chunk.min(o.steps - begin);
-        let out = lif_adex_feed_forward_seq(&xs.narrow(0, begin, len)?, &state, &p, false)?;
-        spikes.extend(
-            out.spikes
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        );
-        state = out.state;
-        a_trace_mean.push(
-            state
-                .a
-                .to_dtype(DType::F64)?
-                .mean_all()?
-                .to_scalar::<f64>()?,
-        );
-        if start.elapsed().as_secs_f64() > 0.5 {
-            let done = begin + len;
-            let bar = "#".repeat(30 * done / o.steps);
-            eprint!("\r[{bar:<30}] {done}/{} steps", o.steps);
-            std::io::stderr().flush().ok();
-        }
-    }
-    let wall = start.elapsed().as_secs_f64();
-    if wall > 0.5 {
-        eprintln!();
-    }
-    let seconds = o.steps as f64 * o.dt;
-    let stats = SpikeStats::new(&spikes, o.steps, n, o.dt);
-    let final_a = state.a.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-    println!("  neurons               {n}");
-    println!(
-        "  steps                 {} ({seconds} s simulated)",
-        o.steps
-    );
-    println!("  wall time             {wall:.3} s");
-    println!(
-        "  throughput            {:.3e} neuron-steps/s",
-        (n * o.steps) as f64 / wall
-    );
-    println!("  spikes                {}", stats.total);
-    println!(
-        "  firing rate (Hz)      mean {:.2}  p10 {:.2}  median {:.2}  p90 {:.2}  max {:.2}",
-        stats.mean_rate, stats.rate_p[0], stats.rate_p[1], stats.rate_p[2], stats.rate_p[3]
-    );
-    println!(
-        "  silent neurons        {:.1} %",
-        100.0 * stats.silent_fraction
-    );
-    match stats.cv {
-        Some(cv) => println!(
-            "  ISI CV                mean {cv:.3} over {} neurons with >= 3 spikes",
-            stats.cv_neurons
-        ),
-        None => println!("  ISI CV                n/a (no neuron spiked 3 times)"),
-    }
-    let (a_mean, a_max) = (
-        final_a.iter().sum::<f64>() / n as f64,
-        final_a.iter().cloned().fold(f64::MIN, f64::max),
-    );
-    println!("  adaptation a (final)  mean {a_mean:.4}  max {a_max:.4}");
-    let trace: Vec<String> = a_trace_mean.iter().map(|a| format!("{a:.3}")).collect();
-    println!("  mean a every {chunk} steps: {}", trace.join(" "));
-    Ok(())
-}
-
-/// Firing statistics of a `[T, N]` spike raster.
-struct SpikeStats {
-    total: usize,
-    mean_rate: f64,
-    rate_p: [f64; 4],
-    silent_fraction: f64,
-    cv: Option<f64>,
-    cv_neurons: usize,
-}
-
-impl SpikeStats {
-    fn new(spikes: &[f32], steps: usize, n: usize, dt: f64) -> Self {
-        let seconds = steps as f64 * dt;
-        let mut times: Vec<Vec<usize>> = vec![vec![]; n];
-        for (k, &z) in spikes.iter().enumerate() {
-            if z > 0.0 {
-                times[k % n].push(k / n);
-            }
-        }
-        let mut rates: Vec<f64> = times.iter().map(|t| t.len() as f64 / seconds).collect();
-        let total = times.iter().map(Vec::len).sum();
-        let silent = rates.iter().filter(|&&r| r == 0.0).count();
-        rates.sort_by(f64::total_cmp);
-        let pick = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
-        let cvs: Vec<f64> = times
-            .iter()
-            .filter(|t| t.len() >= 3)
-            .map(|t| {
-                let isi: Vec<f64> = t.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
-                let mean = isi.iter().sum::<f64>() / isi.len() as f64;
-                let var = isi.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / isi.len() as f64;
-                var.sqrt() / mean
-            })
-            .collect();
-        SpikeStats {
-            total,
-            mean_rate: total as f64 / seconds / n as f64,
-            rate_p: [pick(0.1), pick(0.5), pick(0.9), pick(1.0)],
-            silent_fraction: silent as f64 / n as f64,
-            cv: (!cvs.is_empty()).then(|| cvs.iter().sum::<f64>() / cvs.len() as f64),
-            cv_neurons: cvs.len(),
-        }
-    }
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
+pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
     match s {
         "f32" => Ok(DType::F32),
         "f64" => Ok(DType::F64),

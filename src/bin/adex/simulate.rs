@@ -1,0 +1,587 @@
+//! `adex simulate`: a heterogeneous population under a noisy current, its statistics, a figure
+//! and a recording.
+
+use super::config;
+use super::explore::positive;
+use super::plot::{Figure, Mark, Panel, PALETTE};
+use candle_adex::{fused, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+pub const HELP: &str = "\
+adex simulate: a population of AdEx neurons with heterogeneous parameters (per neuron v_th,
+tau_ada_inv, adaptation_spike, adaptation_current) and a noisy input current, on the best
+available device through the fused kernels; prints neurons, steps, wall time, neuron-steps/s,
+the firing-rate distribution, ISI variability and adaptation, with a progress bar for long runs.
+
+OPTIONS:
+    --neurons N        population size (default 1000)
+    --steps T          time steps (default 1000, one simulated second at dt = 1 ms)
+    --dt DT            time step in seconds (default 0.001)
+    --dtype D          f32, f64, f16 or bf16 (default f32)
+    --device D         auto (default: cuda when built with it and present, else cpu), cpu, cuda
+    --seed S           seed of the parameter and input draws (default 1)
+    --input KIND       noisy (default): mean x gain + white noise; constant: mean x gain;
+                       ramp: 0 to 2 x mean x gain over the run, plus noise; or a .safetensors
+                       file with a tensor `input` [T, N] (sets --steps and --neurons)
+    --input-mean X     mean input current per step, scaled per neuron by 0.5..1.5 (default 0.4)
+    --input-noise X    standard deviation of the white input noise (default 0.3)
+    --params FILE      parameters from a .toml or .json file instead of the built-in population:
+                       keys adaptation_current, adaptation_spike, delta_T, tau_ada_inv,
+                       tau_syn_inv, tau_mem_inv, v_leak, v_th, v_reset, v_peak, method, alpha, dt;
+                       each a number or a list of one number per neuron; unknown keys and
+                       invalid values are errors naming the key
+    --plot FILE        figure (.png or .svg): spike raster, v and a traces of three neurons,
+                       firing-rate histogram
+    --record FILE      write a .safetensors file: `spikes` [T, N] (u8) and the --record-states
+                       trajectories [T, N] (f32), with dt in its metadata
+    --record-states L  comma-separated subset of v,i,a to record (default v,a)";
+
+/// Where the input current comes from.
+enum Input {
+    Noisy,
+    Constant,
+    Ramp,
+    File(PathBuf),
+}
+
+/// Options of `simulate`.
+struct SimOptions {
+    neurons: usize,
+    steps: usize,
+    dt: f64,
+    dtype: DType,
+    device: String,
+    seed: u64,
+    input: Input,
+    input_mean: f64,
+    input_noise: f64,
+    params: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    record: Option<PathBuf>,
+    record_states: Vec<String>,
+}
+
+fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
+    let mut o = SimOptions {
+        neurons: 1000,
+        steps: 1000,
+        dt: 0.001,
+        dtype: DType::F32,
+        device: "auto".into(),
+        seed: 1,
+        input: Input::Noisy,
+        input_mean: 0.4,
+        input_noise: 0.3,
+        params: None,
+        plot: None,
+        record: None,
+        record_states: vec!["v".into(), "a".into()],
+    };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| format!("option {flag} needs a value (see adex simulate --help)"))?;
+        let num = |what: &str| -> Result<f64, String> {
+            value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{flag}: expected {what}, got {value:?}"))
+        };
+        let count = || -> Result<usize, String> {
+            value
+                .parse::<usize>()
+                .ok()
+                .filter(|&v| v > 0)
+                .ok_or_else(|| format!("{flag}: expected a positive integer, got {value:?}"))
+        };
+        match flag.as_str() {
+            "--neurons" => o.neurons = count()?,
+            "--steps" => o.steps = count()?,
+            "--dt" => o.dt = positive(flag, value)?,
+            "--seed" => {
+                o.seed = value
+                    .parse()
+                    .map_err(|_| format!("--seed: expected an integer, got {value:?}"))?
+            }
+            "--input-mean" => o.input_mean = num("a number")?,
+            "--input-noise" => {
+                o.input_noise = num("a number")?;
+                if o.input_noise < 0.0 {
+                    return Err(format!("--input-noise: must be >= 0, got {value}"));
+                }
+            }
+            "--input" => {
+                o.input = match value.as_str() {
+                    "noisy" => Input::Noisy,
+                    "constant" => Input::Constant,
+                    "ramp" => Input::Ramp,
+                    file if file.ends_with(".safetensors") => Input::File(file.into()),
+                    other => {
+                        return Err(format!(
+                    "--input: expected noisy, constant, ramp or a .safetensors file, got {other:?}"
+                ))
+                    }
+                }
+            }
+            "--dtype" => {
+                o.dtype = super::parse_dtype(value).map_err(|e| format!("--dtype: {e}"))?
+            }
+            "--device" => {
+                if !["auto", "cpu", "cuda"].contains(&value.as_str()) {
+                    return Err(format!(
+                        "--device: expected auto, cpu or cuda, got {value:?}"
+                    ));
+                }
+                o.device = value.clone();
+            }
+            "--params" => o.params = Some(value.into()),
+            "--plot" => {
+                if !(value.ends_with(".png") || value.ends_with(".svg")) {
+                    return Err(format!(
+                        "--plot: the file must end in .png or .svg, got {value:?}"
+                    ));
+                }
+                o.plot = Some(value.into())
+            }
+            "--record" => {
+                if !value.ends_with(".safetensors") {
+                    return Err(format!(
+                        "--record: the file must end in .safetensors, got {value:?}"
+                    ));
+                }
+                o.record = Some(value.into())
+            }
+            "--record-states" => {
+                let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(bad) = list.iter().find(|s| !["v", "i", "a"].contains(&s.as_str())) {
+                    return Err(format!("--record-states: {bad:?} is not one of v, i, a"));
+                }
+                o.record_states = list;
+            }
+            _ => return Err(format!("unknown option {flag} (see adex simulate --help)")),
+        }
+    }
+    Ok(o)
+}
+
+/// A small deterministic generator (SplitMix64) with uniform and normal draws.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
+    }
+    fn normal(&mut self) -> f64 {
+        let u1 = self.uniform(f64::MIN_POSITIVE, 1.0);
+        let u2 = self.uniform(0.0, 1.0);
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+}
+
+fn device(choice: &str) -> Result<Device, String> {
+    match choice {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
+        _ => Device::cuda_if_available(0).map_err(|e| e.to_string()),
+    }
+}
+
+pub fn simulate(args: &[String]) -> Result<ExitCode, String> {
+    let o = parse_simulate(args)?;
+    let dev = device(&o.device)?;
+    run_simulation(o, &dev).map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The input currents `[T, N]` (f32, host) and the population size.
+fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Vec<f32>, String> {
+    if let Input::File(path) = &o.input {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| format!("--input {}: {e}", path.display()))?;
+        let x = tensors.get("input").ok_or_else(|| {
+            format!(
+                "--input {}: no tensor named `input` (found: {:?})",
+                path.display(),
+                tensors.keys().collect::<Vec<_>>()
+            )
+        })?;
+        let (t, n) = x.dims2().map_err(|_| {
+            format!(
+                "--input {}: `input` must be [T, N], got {:?}",
+                path.display(),
+                x.dims()
+            )
+        })?;
+        (o.steps, o.neurons) = (t, n);
+        let flat = x
+            .to_dtype(DType::F32)
+            .and_then(|x| x.flatten_all()?.to_vec1::<f32>());
+        return flat.map_err(|e| e.to_string());
+    }
+    let n = o.neurons;
+    let gain: Vec<f64> = (0..n).map(|_| rng.uniform(0.5, 1.5)).collect();
+    let steps = o.steps;
+    Ok((0..steps * n)
+        .map(|k| {
+            let (t, j) = (k / n, k % n);
+            let mean = o.input_mean * gain[j];
+            (match o.input {
+                Input::Constant => mean,
+                Input::Ramp => 2.0 * mean * t as f64 / steps as f64 + o.input_noise * rng.normal(),
+                _ => mean + o.input_noise * rng.normal(),
+            }) as f32
+        })
+        .collect())
+}
+
+/// The built-in heterogeneous population, or the parameter file's.
+fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
+    let n = o.neurons;
+    if let Some(path) = &o.params {
+        let base = AdexParameters {
+            dt: o.dt,
+            ..Default::default()
+        };
+        let p = config::load(path, base)?;
+        p.validate_for(n, &Device::Cpu)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        return Ok(p);
+    }
+    let mut per_neuron = |lo: f64, hi: f64| -> Result<Param, String> {
+        let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi) as f32).collect();
+        Ok(Param::Tensor(
+            Tensor::from_vec(v, n, &Device::Cpu).map_err(|e| e.to_string())?,
+        ))
+    };
+    Ok(AdexParameters {
+        v_th: per_neuron(0.9, 1.1)?,
+        tau_ada_inv: per_neuron(1.0, 4.0)?,
+        adaptation_spike: per_neuron(0.0, 0.1)?,
+        adaptation_current: per_neuron(2.0, 6.0)?,
+        dt: o.dt,
+        ..Default::default()
+    })
+}
+
+/// Per-neuron parameter tensors moved to `dev`.
+fn to_device(p: &AdexParameters, dev: &Device) -> candle_core::Result<AdexParameters> {
+    let mv = |q: &Param| -> candle_core::Result<Param> {
+        Ok(match q {
+            Param::Tensor(t) => Param::Tensor(t.to_device(dev)?),
+            other => other.clone(),
+        })
+    };
+    Ok(AdexParameters {
+        adaptation_current: mv(&p.adaptation_current)?,
+        adaptation_spike: mv(&p.adaptation_spike)?,
+        delta_t: mv(&p.delta_t)?,
+        tau_ada_inv: mv(&p.tau_ada_inv)?,
+        tau_syn_inv: mv(&p.tau_syn_inv)?,
+        tau_mem_inv: mv(&p.tau_mem_inv)?,
+        v_leak: mv(&p.v_leak)?,
+        v_th: mv(&p.v_th)?,
+        v_reset: mv(&p.v_reset)?,
+        v_peak: p.v_peak.as_ref().map(mv).transpose()?,
+        ..p.clone()
+    })
+}
+
+/// Neurons whose traces the figure shows.
+const TRACED: usize = 3;
+
+fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
+    let mut rng = Rng(o.seed);
+    let input = input_currents(&mut o, &mut rng)?;
+    let (n, steps) = (o.neurons, o.steps);
+    let p = parameters(&o, &mut rng)?;
+    let dt = p.dt;
+    let run = || -> candle_core::Result<Outcome> {
+        let p = to_device(&p, dev)?;
+        let xs = Tensor::from_vec(input, (steps, n), dev)?.to_dtype(o.dtype)?;
+        simulate_population(&o, &p, &xs)
+    };
+    let path = match fused::unsupported_reason(&p, dev) {
+        None => "fused kernels".to_string(),
+        Some(why) => format!("reference path: {why}"),
+    };
+    println!(
+        "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {}, {path})",
+        o.dtype,
+        if dev.is_cuda() { "cuda" } else { "cpu" }
+    );
+    let out = run().map_err(|e| e.to_string())?;
+    report(&o, dt, &out);
+    if let Some(path) = &o.plot {
+        figure(&o, dt, &out).save(path)?;
+        println!("  wrote figure          {}", path.display());
+    }
+    if let Some(path) = &o.record {
+        record(path, &o, dt, &out)?;
+        println!("  wrote recording       {}", path.display());
+    }
+    Ok(())
+}
+
+/// What a simulation produced (host copies).
+struct Outcome {
+    wall: f64,
+    spikes: Vec<f32>,
+    final_a: Vec<f64>,
+    mean_a: Vec<(usize, f64)>,
+    /// `[T, N]` trajectories by name, when recorded.
+    recorded: HashMap<String, Vec<f32>>,
+    /// `[T, TRACED]` v and a of the first neurons, for the figure.
+    traces: [Vec<f32>; 2],
+}
+
+fn simulate_population(
+    o: &SimOptions,
+    p: &AdexParameters,
+    xs: &Tensor,
+) -> candle_core::Result<Outcome> {
+    let (steps, n) = xs.dims2()?;
+    let need_states = o.plot.is_some() || o.record.is_some();
+    let mut state = FeedForwardState::initial(p, n, o.dtype, xs.device())?;
+    let start = Instant::now();
+    let chunk = 100.min(steps);
+    let mut out = Outcome {
+        wall: 0.0,
+        spikes: Vec::with_capacity(steps * n),
+        final_a: vec![],
+        mean_a: vec![],
+        recorded: HashMap::new(),
+        traces: [vec![], vec![]],
+    };
+    let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    };
+    for begin in (0..steps).step_by(chunk) {
+        let len = chunk.min(steps - begin);
+        let seq = lif_adex_feed_forward_seq(&xs.narrow(0, begin, len)?, &state, p, need_states)?;
+        out.spikes.extend(host(&seq.spikes)?);
+        if let Some(rec) = &seq.recorded {
+            let k = TRACED.min(n);
+            out.traces[0].extend(host(&rec.v.narrow(1, 0, k)?.contiguous()?)?);
+            out.traces[1].extend(host(&rec.a.narrow(1, 0, k)?.contiguous()?)?);
+            if o.record.is_some() {
+                for name in &o.record_states {
+                    let t = match name.as_str() {
+                        "v" => &rec.v,
+                        "i" => &rec.i,
+                        _ => &rec.a,
+                    };
+                    out.recorded
+                        .entry(name.clone())
+                        .or_default()
+                        .extend(host(t)?);
+                }
+            }
+        }
+        state = seq.state;
+        let a = state
+            .a
+            .to_dtype(DType::F64)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        out.mean_a.push((begin + len, a));
+        if start.elapsed().as_secs_f64() > 0.5 {
+            let done = begin + len;
+            let bar = "#".repeat(30 * done / steps);
+            eprint!("\r[{bar:<30}] {done}/{steps} steps");
+            std::io::stderr().flush().ok();
+        }
+    }
+    out.wall = start.elapsed().as_secs_f64();
+    if out.wall > 0.5 {
+        eprintln!();
+    }
+    out.final_a = state.a.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    Ok(out)
+}
+
+fn report(o: &SimOptions, dt: f64, out: &Outcome) {
+    let (n, steps) = (o.neurons, o.steps);
+    let seconds = steps as f64 * dt;
+    let stats = SpikeStats::new(&out.spikes, steps, n, dt);
+    println!("  neurons               {n}");
+    println!("  steps                 {steps} ({seconds} s simulated)");
+    println!("  wall time             {:.3} s", out.wall);
+    println!(
+        "  throughput            {:.3e} neuron-steps/s",
+        (n * steps) as f64 / out.wall
+    );
+    println!("  spikes                {}", stats.total);
+    println!(
+        "  firing rate (Hz)      mean {:.2}  p10 {:.2}  median {:.2}  p90 {:.2}  max {:.2}",
+        stats.mean_rate, stats.rate_p[0], stats.rate_p[1], stats.rate_p[2], stats.rate_p[3]
+    );
+    println!(
+        "  silent neurons        {:.1} %",
+        100.0 * stats.silent_fraction
+    );
+    match stats.cv {
+        Some(cv) => println!(
+            "  ISI CV                mean {cv:.3} over {} neurons with >= 3 spikes",
+            stats.cv_neurons
+        ),
+        None => println!("  ISI CV                n/a (no neuron spiked 3 times)"),
+    }
+    let a = &out.final_a;
+    let (a_mean, a_max) = (
+        a.iter().sum::<f64>() / n as f64,
+        a.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    println!("  adaptation a (final)  mean {a_mean:.4}  max {a_max:.4}");
+    let every = out.mean_a.first().map_or(0, |m| m.0);
+    let trace: Vec<String> = out.mean_a.iter().map(|(_, a)| format!("{a:.3}")).collect();
+    println!("  mean a every {every} steps: {}", trace.join(" "));
+}
+
+/// Raster, traces and the rate histogram in one figure.
+fn figure(o: &SimOptions, dt: f64, out: &Outcome) -> Figure {
+    let (n, steps) = (o.neurons, o.steps);
+    let shown = n.min(200);
+    let (mut xs, mut ys) = (vec![], vec![]);
+    for (k, &z) in out.spikes.iter().enumerate() {
+        if z > 0.0 && k % n < shown {
+            xs.push((k / n + 1) as f64 * dt);
+            ys.push((k % n) as f64);
+        }
+    }
+    let raster = Panel::new(
+        &format!("spike raster (first {shown} of {n} neurons)"),
+        "time (s)",
+        "neuron",
+    )
+    .with(xs, ys, [0, 0, 0], Mark::Ticks);
+    let k = TRACED.min(n);
+    let time: Vec<f64> = (1..=steps).map(|s| s as f64 * dt).collect();
+    let trace = |which: usize, title: &str, label: &str| {
+        let mut panel = Panel::new(title, "time (s)", label);
+        for (j, &color) in PALETTE.iter().enumerate().take(k) {
+            let ys = out.traces[which]
+                .iter()
+                .skip(j)
+                .step_by(k)
+                .map(|&v| v as f64)
+                .collect();
+            panel = panel.with(time.clone(), ys, color, Mark::Line);
+        }
+        panel
+    };
+    let seconds = steps as f64 * dt;
+    let stats = SpikeStats::new(&out.spikes, steps, n, dt);
+    let max_rate = stats.rate_p[3].max(1.0);
+    let bins = 30;
+    let width = max_rate / bins as f64;
+    let mut counts = vec![0.0; bins];
+    for &r in &stats.rates {
+        counts[((r / width) as usize).min(bins - 1)] += 1.0;
+    }
+    let edges = (0..bins).map(|b| b as f64 * width).collect();
+    let hist = Panel::new("firing-rate distribution", "rate (Hz)", "neurons").with(
+        edges,
+        counts,
+        PALETTE[0],
+        Mark::Bars(width),
+    );
+    Figure::new(
+        &format!("{n} AdEx neurons, {seconds} s, dt = {dt} s"),
+        vec![
+            raster,
+            hist,
+            trace(0, &format!("membrane potential v of {k} neurons"), "v"),
+            trace(1, &format!("adaptation current a of {k} neurons"), "a"),
+        ],
+        2,
+    )
+}
+
+fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), String> {
+    let (n, steps) = (o.neurons, o.steps);
+    let err = |e: candle_core::Error| e.to_string();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    let spikes: Vec<u8> = out.spikes.iter().map(|&z| (z > 0.0) as u8).collect();
+    tensors.insert(
+        "spikes".into(),
+        Tensor::from_vec(spikes, (steps, n), &Device::Cpu).map_err(err)?,
+    );
+    for (name, values) in &out.recorded {
+        tensors.insert(
+            name.clone(),
+            Tensor::from_vec(values.clone(), (steps, n), &Device::Cpu).map_err(err)?,
+        );
+    }
+    let views: Vec<(String, Tensor)> = tensors.into_iter().collect();
+    let meta = HashMap::from([
+        ("dt".to_string(), dt.to_string()),
+        ("neurons".to_string(), n.to_string()),
+        ("steps".to_string(), steps.to_string()),
+        ("seed".to_string(), o.seed.to_string()),
+    ]);
+    let data: Vec<(&str, Tensor)> = views.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+    safetensors::serialize_to_file(data, Some(meta), path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Firing statistics of a `[T, N]` spike raster.
+struct SpikeStats {
+    /// Per-neuron rates (Hz), sorted.
+    rates: Vec<f64>,
+    total: usize,
+    mean_rate: f64,
+    rate_p: [f64; 4],
+    silent_fraction: f64,
+    cv: Option<f64>,
+    cv_neurons: usize,
+}
+
+impl SpikeStats {
+    fn new(spikes: &[f32], steps: usize, n: usize, dt: f64) -> Self {
+        let seconds = steps as f64 * dt;
+        let mut times: Vec<Vec<usize>> = vec![vec![]; n];
+        for (k, &z) in spikes.iter().enumerate() {
+            if z > 0.0 {
+                times[k % n].push(k / n);
+            }
+        }
+        let mut rates: Vec<f64> = times.iter().map(|t| t.len() as f64 / seconds).collect();
+        let total = times.iter().map(Vec::len).sum();
+        let silent = rates.iter().filter(|&&r| r == 0.0).count();
+        rates.sort_by(f64::total_cmp);
+        let pick = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+        let cvs: Vec<f64> = times
+            .iter()
+            .filter(|t| t.len() >= 3)
+            .map(|t| {
+                let isi: Vec<f64> = t.windows(2).map(|w| (w[1] - w[0]) as f64).collect();
+                let mean = isi.iter().sum::<f64>() / isi.len() as f64;
+                let var = isi.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / isi.len() as f64;
+                var.sqrt() / mean
+            })
+            .collect();
+        SpikeStats {
+            rates: rates.clone(),
+            total,
+            mean_rate: total as f64 / seconds / n as f64,
+            rate_p: [pick(0.1), pick(0.5), pick(0.9), pick(1.0)],
+            silent_fraction: silent as f64 / n as f64,
+            cv: (!cvs.is_empty()).then(|| cvs.iter().sum::<f64>() / cvs.len() as f64),
+            cv_neurons: cvs.len(),
+        }
+    }
+}
