@@ -1,4 +1,4 @@
-//! Layer 8: the benchmark harness shared by `adex bench` and the criterion benches: one
+//! Layer 9 (beside conformance): the benchmark harness shared by `adex bench` and the criterion benches: one
 //! [`Workload`] per (op, dtype, shape) that runs the fused kernel, the reference path, and a
 //! memory copy of the same bytes (the roof), all measured in the same process.
 //!

@@ -214,7 +214,8 @@ impl Figure {
         )
     }
 
-    pub fn png(&self) -> Vec<u8> {
+    /// The figure drawn into pixels.
+    fn pixels(&self) -> Pixels {
         let (w, h) = self.size();
         let mut px = Pixels {
             w: w as usize,
@@ -222,7 +223,12 @@ impl Figure {
             rgb: vec![255; 3 * (w * h) as usize],
         };
         self.draw(&mut px);
-        png::encode(w, h, &px.rgb)
+        px
+    }
+
+    pub fn png(&self) -> Vec<u8> {
+        let px = self.pixels();
+        png::encode(px.w as u32, px.h as u32, &px.rgb)
     }
 }
 
@@ -466,13 +472,7 @@ mod tests {
     #[test]
     fn png_draws_ink_and_compresses() {
         let fig = sample();
-        let (w, h) = fig.size();
-        let mut px = Pixels {
-            w: w as usize,
-            h: h as usize,
-            rgb: vec![255; 3 * (w * h) as usize],
-        };
-        fig.draw(&mut px);
+        let px = fig.pixels();
         let ink = px.rgb.chunks(3).filter(|p| *p != [255, 255, 255]).count();
         assert!(ink > 2000, "{ink} pixels drawn");
         // the sine's colour appears
