@@ -196,7 +196,9 @@ fn device(choice: &str) -> Result<Device, String> {
     match choice {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
-        _ => Device::cuda_if_available(0).map_err(|e| e.to_string()),
+        // auto: a GPU when this build has CUDA and one answers, the CPU otherwise (a build
+        // with the feature on a machine without a driver gets an error here, not a GPU)
+        _ => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
     }
 }
 
