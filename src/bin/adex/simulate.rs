@@ -326,9 +326,10 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
         if dev.is_cuda() { "cuda" } else { "cpu" }
     );
     let out = run().map_err(|e| e.to_string())?;
-    report(&o, dt, &out);
+    let stats = SpikeStats::new(&out.spikes, o.steps, o.neurons, dt);
+    report(&o, dt, &out, &stats);
     if let Some(path) = &o.plot {
-        figure(&o, dt, &out).save(path)?;
+        figure(&o, dt, &out, &stats).save(path)?;
         println!("  wrote figure          {}", path.display());
     }
     if let Some(path) = &o.record {
@@ -415,10 +416,9 @@ fn simulate_population(
     Ok(out)
 }
 
-fn report(o: &SimOptions, dt: f64, out: &Outcome) {
+fn report(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) {
     let (n, steps) = (o.neurons, o.steps);
     let seconds = steps as f64 * dt;
-    let stats = SpikeStats::new(&out.spikes, steps, n, dt);
     println!("  neurons               {n}");
     println!("  steps                 {steps} ({seconds} s simulated)");
     println!("  wall time             {:.3} s", out.wall);
@@ -454,7 +454,7 @@ fn report(o: &SimOptions, dt: f64, out: &Outcome) {
 }
 
 /// Raster, traces and the rate histogram in one figure.
-fn figure(o: &SimOptions, dt: f64, out: &Outcome) -> Figure {
+fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure {
     let (n, steps) = (o.neurons, o.steps);
     let shown = n.min(200);
     let (mut xs, mut ys) = (vec![], vec![]);
@@ -486,7 +486,6 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome) -> Figure {
         panel
     };
     let seconds = steps as f64 * dt;
-    let stats = SpikeStats::new(&out.spikes, steps, n, dt);
     let max_rate = stats.rate_p[3].max(1.0);
     let bins = 30;
     let width = max_rate / bins as f64;
@@ -516,27 +515,22 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome) -> Figure {
 fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), String> {
     let (n, steps) = (o.neurons, o.steps);
     let err = |e: candle_core::Error| e.to_string();
-    let mut tensors: HashMap<String, Tensor> = HashMap::new();
     let spikes: Vec<u8> = out.spikes.iter().map(|&z| (z > 0.0) as u8).collect();
-    tensors.insert(
-        "spikes".into(),
+    let mut tensors = vec![(
+        "spikes".to_string(),
         Tensor::from_vec(spikes, (steps, n), &Device::Cpu).map_err(err)?,
-    );
+    )];
     for (name, values) in &out.recorded {
-        tensors.insert(
-            name.clone(),
-            Tensor::from_vec(values.clone(), (steps, n), &Device::Cpu).map_err(err)?,
-        );
+        let t = Tensor::from_vec(values.clone(), (steps, n), &Device::Cpu).map_err(err)?;
+        tensors.push((name.clone(), t));
     }
-    let views: Vec<(String, Tensor)> = tensors.into_iter().collect();
     let meta = HashMap::from([
         ("dt".to_string(), dt.to_string()),
         ("neurons".to_string(), n.to_string()),
         ("steps".to_string(), steps.to_string()),
         ("seed".to_string(), o.seed.to_string()),
     ]);
-    let data: Vec<(&str, Tensor)> = views.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
-    safetensors::serialize_to_file(data, Some(meta), path)
+    safetensors::serialize_to_file(tensors, Some(meta), path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
