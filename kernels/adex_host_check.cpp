@@ -1,5 +1,7 @@
 // Host driver for the CPU check of the shared math header (src/fused/header_check.rs): compiles
-// adex_math.h as plain C++ and evaluates it on the records read from stdin, one per line:
+// adex_math.h as plain C++ (or, with __METAL_VERSION__ defined and kernels/metal_host on the
+// include path, its Metal branch, f32 only) and evaluates it on the records read from stdin,
+// one per line:
 //
 //   bits method alpha c[0..11] v i a x x2 syn has_x2 gz gv gi ga
 //
@@ -53,7 +55,17 @@ static bool run(int method) {
 int main() {
     int bits, method;
     while (std::scanf("%d %d", &bits, &method) == 2) {
-        bool ok = bits == 32 ? run<float, uint32_t>(method) : run<double, uint64_t>(method);
+        bool ok;
+        if (bits == 32) {
+            ok = run<float, uint32_t>(method);
+        } else {
+#if ADEX_HAS_F64
+            ok = run<double, uint64_t>(method);
+#else
+            std::fprintf(stderr, "adex_host_check: this language (Metal) has no f64\n");
+            return 1;
+#endif
+        }
         if (!ok) {
             std::fprintf(stderr, "adex_host_check: malformed record\n");
             return 1;

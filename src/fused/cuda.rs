@@ -21,10 +21,7 @@ use candle_core::cuda_backend::cudarc::driver::{
     CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
 };
 use candle_core::cuda_backend::{CudaDType, WrapErr};
-use candle_core::{
-    bail, CpuStorage, CudaDevice, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
-    Result, Shape, Tensor,
-};
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
 /// The kernels, compiled by `build.rs`.
@@ -89,11 +86,6 @@ unsafe impl DeviceRepr for BwdArgs<f32> {}
 // SAFETY: as above.
 unsafe impl DeviceRepr for BwdArgs<f64> {}
 
-fn poisoning() -> bool {
-    static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *P.get_or_init(|| std::env::var("CANDLE_ADEX_POISON").is_ok_and(|v| v != "0" && !v.is_empty()))
-}
-
 fn launch_config(m: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: ((m as u32).div_ceil(BLOCK), 1, 1),
@@ -107,7 +99,7 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every element is written by the kernel before it is read (poisoning makes a miss
     // visible as NaN).
     let mut out = unsafe { dev.alloc::<T>(len.max(1))? };
-    if poisoning() {
+    if super::poisoning() {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
         let func = dev.get_or_load_custom_func("adex_poison_u8", MODULE, PTX)?;
         let stream = dev.cuda_stream();
@@ -362,324 +354,190 @@ pub(crate) fn seq_packed(
     Ok((storage, Shape::from((rows, m))))
 }
 
-/// The spikes of an inference call (`u8` or the data dtype) and its states packed
-/// `[S (+ S*T), M]`, in two buffers. A custom op returns one storage, so the second one is kept
-/// here and handed out by [`Take`]. The initial state is read from the state tensors directly.
-struct Split<'a> {
-    op: &'a SeqOp,
-    state: &'a [Tensor],
-    spikes_u8: bool,
-    rest: std::sync::Mutex<Option<(CudaStorage, Shape)>>,
-}
-
-impl Split<'_> {
-    fn run(
-        &self,
-        xs: (&CudaStorage, &Layout),
-        x2: Option<(&CudaStorage, &Layout)>,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (t, m) = xs.1.shape().dims2()?;
-        let s = self.op.neuron.state_len();
-        let rows = s + if self.op.record { s * t } else { 0 };
-        let dev = xs.0.device.clone();
-        let stream = dev.cuda_stream();
-        macro_rules! go {
-            ($e:ty, $o:ty) => {{
-                let mut spikes = output::<$o>(&dev, t * m)?;
-                let mut rest = output::<$e>(&dev, rows * m)?;
-                {
-                    let (sp, _g1) = spikes.device_ptr_mut(&stream);
-                    let (rp, _g2) = rest.device_ptr_mut(&stream);
-                    let st = StateIn::Tensors(self.state);
-                    forward::<$e, $o>(self.op, xs, x2, st, sp, rp, t, m)?;
-                }
-                *self.rest.lock().expect("unpoisoned") = Some((
-                    CudaStorage::wrap_cuda_slice(rest, dev.clone()),
-                    Shape::from((rows, m)),
-                ));
-                CudaStorage::wrap_cuda_slice(spikes, dev.clone())
-            }};
-        }
-        let u8s = self.spikes_u8;
-        let spikes = match xs.0.dtype() {
-            DType::F32 if u8s => go!(f32, u8),
-            DType::F32 => go!(f32, f32),
-            DType::F64 if u8s => go!(f64, u8),
-            DType::F64 => go!(f64, f64),
-            DType::F16 if u8s => go!(f16, u8),
-            DType::F16 => go!(f16, f16),
-            DType::BF16 if u8s => go!(bf16, u8),
-            DType::BF16 => go!(bf16, bf16),
-            dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
-        };
-        Ok((spikes, Shape::from((t, m))))
-    }
-}
-
-impl CustomOp1 for Split<'_> {
-    fn name(&self) -> &'static str {
-        "adex-seq-split"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("fused AdEx: the split CUDA op has no CPU form")
-    }
-    fn cuda_fwd(&self, s1: &CudaStorage, l1: &Layout) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), None)
-    }
-}
-
-impl CustomOp2 for Split<'_> {
-    fn name(&self) -> &'static str {
-        "adex-seq2-split"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("fused AdEx: the split CUDA op has no CPU form")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        self.run((s1, l1), Some((s2, l2)))
-    }
-}
-
-/// Hands out a storage computed by another op as a tensor.
-struct Take<'a>(&'a std::sync::Mutex<Option<(CudaStorage, Shape)>>);
-
-impl CustomOp1 for Take<'_> {
-    fn name(&self) -> &'static str {
-        "adex-take"
-    }
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        bail!("fused AdEx: the take op has no CPU form")
-    }
-    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        match self.0.lock().expect("unpoisoned").take() {
-            Some(r) => Ok(r),
-            None => bail!("fused AdEx (cuda): the kernel's second output is missing"),
-        }
-    }
-}
-
-/// Inference on CUDA (nothing tracked): spikes `[T, M]` (`u8` or the data dtype) and the states
-/// packed `[S (+ S*T), M]` (final, then recorded), written by one kernel.
-pub(crate) fn infer(
+/// An inference call's forward on CUDA (nothing tracked; [`super::gpu::infer`]): spikes
+/// `[T, M]` (`u8` or the data dtype) and the states packed `[S (+ S*T), M]` (final, then
+/// recorded) in two buffers written by one kernel. The initial state is read from the state
+/// tensors directly.
+pub(crate) fn infer_run(
     op: &SeqOp,
-    xs: &Tensor,
-    x2: Option<&Tensor>,
     state: &[Tensor],
     spikes_u8: bool,
-) -> Result<(Tensor, Tensor)> {
-    let split = Split {
-        op,
-        state,
-        spikes_u8,
-        rest: std::sync::Mutex::new(None),
-    };
-    let spikes = match x2 {
-        Some(x2) => xs.apply_op2_no_bwd(x2, &split)?,
-        None => xs.apply_op1_no_bwd(&split)?,
-    };
-    let rest = xs.apply_op1_no_bwd(&Take(&split.rest))?;
-    Ok((spikes, rest))
-}
-
-/// The backward as a custom op on `(xs [T or 2T, M] (x2 stacked under xs), state [S, M],
-/// output gradient [T + S (+ S*T), M])`, giving `[T + S, M]`: the input gradient, then the
-/// initial-state gradient.
-struct Bwd<'a> {
-    op: &'a SeqOp,
-    has_x2: bool,
-}
-
-impl Bwd<'_> {
-    fn run<E: Dev>(
-        &self,
-        xs: (&CudaStorage, &Layout),
-        st: (&CudaStorage, &Layout),
-        g: (&CudaStorage, &Layout),
-    ) -> Result<(CudaStorage, Shape)> {
-        let op = self.op;
-        let (rows_in, m) = xs.1.shape().dims2()?;
-        let t = if self.has_x2 { rows_in / 2 } else { rows_in };
-        let s = op.neuron.state_len();
-        let dev = xs.0.device.clone();
-        let stream = dev.cuda_stream();
-        let mut out = output::<E>(&dev, (t + s) * m)?;
-        if m == 0 {
-            return Ok((
-                CudaStorage::wrap_cuda_slice(out, dev),
-                Shape::from((t + s, m)),
-            ));
-        }
-        let func = dev.get_or_load_custom_func(
-            &format!("adex_bwd_{}_{}", dtype_name(E::DTYPE_OF)?, op.method as i32),
-            MODULE,
-            PTX,
-        )?;
-        let se = std::mem::size_of::<E>() as u64;
-        let (tt, mm) = (t as u64, m as u64);
-        let nseg = t.div_ceil(SEG).max(1);
-        let xs_s = xs.0.as_cuda_slice::<E>()?;
-        let st_s = st.0.as_cuda_slice::<E>()?;
-        let g_s = g.0.as_cuda_slice::<E>()?;
-        let (xs_p, _g1) = xs_s.device_ptr(&stream);
-        let xs_p = xs_p + start(xs.1, "xs")? as u64 * se;
-        let (st_p, _g2) = st_s.device_ptr(&stream);
-        let st_p = st_p + start(st.1, "state")? as u64 * se;
-        let (g_p, _g3) = g_s.device_ptr(&stream);
-        let g_p = g_p + start(g.1, "gradient")? as u64 * se;
-        let (o_p, _g4) = out.device_ptr_mut(&stream);
-        let at = |base: u64, row: u64| base + row * mm * se;
-        let three = |base: u64, first: u64, stride: u64| -> [u64; 3] {
-            match op.neuron {
-                Neuron::FeedForward => [
-                    at(base, first),
-                    at(base, first + stride),
-                    at(base, first + 2 * stride),
-                ],
-                Neuron::Encoder => [at(base, first), 0, at(base, first + stride)],
+    xs: (&CudaStorage, &Layout),
+    x2: Option<(&CudaStorage, &Layout)>,
+) -> Result<((CudaStorage, Shape), (CudaStorage, Shape))> {
+    let (t, m) = xs.1.shape().dims2()?;
+    let s = op.neuron.state_len();
+    let rows = s + if op.record { s * t } else { 0 };
+    let dev = xs.0.device.clone();
+    let stream = dev.cuda_stream();
+    macro_rules! go {
+        ($e:ty, $o:ty) => {{
+            let mut spikes = output::<$o>(&dev, t * m)?;
+            let mut rest = output::<$e>(&dev, rows * m)?;
+            {
+                let (sp, _g1) = spikes.device_ptr_mut(&stream);
+                let (rp, _g2) = rest.device_ptr_mut(&stream);
+                let st = StateIn::Tensors(state);
+                forward::<$e, $o>(op, xs, x2, st, sp, rp, t, m)?;
             }
-        };
-        let [v0, i0, a0] = three(st_p, 0, 1);
-        let s64 = s as u64;
-        macro_rules! go {
-            ($f:ty, $c:expr) => {{
-                let (c, np, per) = coefs_on::<$f>(&dev, $c)?;
-                let (cp, _g5) = match &per {
-                    Some(p) => {
-                        let (p, g) = p.device_ptr(&stream);
-                        (p, Some(g))
-                    }
-                    None => (0, None),
-                };
-                let mut ckpt = if nseg > 1 {
-                    // SAFETY: scratch written by the kernel's first pass before it is read.
-                    Some(unsafe { dev.alloc::<$f>((nseg - 1) * 3 * m)? })
-                } else {
-                    None
-                };
-                let (kp, _g6) = match ckpt.as_mut() {
-                    Some(k) => {
-                        let (p, g) = k.device_ptr_mut(&stream);
-                        (p, Some(g))
-                    }
-                    None => (0, None),
-                };
-                let args = BwdArgs::<$f> {
-                    xs: xs_p,
-                    x2: if self.has_x2 { at(xs_p, tt) } else { 0 },
-                    v0,
-                    i0,
-                    a0,
-                    g_spikes: g_p,
-                    g_last: three(g_p, tt, 1),
-                    g_rec: if op.record {
-                        three(g_p, tt + s64, tt)
-                    } else {
-                        [0; 3]
-                    },
-                    g_xs: o_p,
-                    g0: three(o_p, tt, 1),
-                    ckpt: kp,
-                    coefs: cp,
-                    t: tt,
-                    m: mm,
-                    np,
-                    method: op.method as i32,
-                    pad: 0,
-                    alpha: <$f>::from_f64(op.alpha),
-                    c,
-                };
-                let mut b = func.builder();
-                b.arg(&args);
-                // SAFETY: every pointer addresses a live buffer of the sizes the kernel reads
-                // or writes, checked by the caller (shapes of xs, state and gradient).
-                unsafe { b.launch(launch_config(m)) }.w()?;
-            }};
-        }
-        match op.coefs.as_ref() {
-            AnyCoefs::F32(c) if E::DTYPE_OF != DType::F64 => go!(f32, c),
-            AnyCoefs::F64(c) if E::DTYPE_OF == DType::F64 => go!(f64, c),
-            _ => bail!("fused AdEx (cuda): parameter precision does not match the data"),
-        }
-        drop((_g1, _g2, _g3, _g4));
-        Ok((
+            (
+                CudaStorage::wrap_cuda_slice(spikes, dev.clone()),
+                CudaStorage::wrap_cuda_slice(rest, dev.clone()),
+            )
+        }};
+    }
+    let (spikes, rest) = match xs.0.dtype() {
+        DType::F32 if spikes_u8 => go!(f32, u8),
+        DType::F32 => go!(f32, f32),
+        DType::F64 if spikes_u8 => go!(f64, u8),
+        DType::F64 => go!(f64, f64),
+        DType::F16 if spikes_u8 => go!(f16, u8),
+        DType::F16 => go!(f16, f16),
+        DType::BF16 if spikes_u8 => go!(bf16, u8),
+        DType::BF16 => go!(bf16, bf16),
+        dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+    };
+    Ok((
+        (spikes, Shape::from((t, m))),
+        (rest, Shape::from((rows, m))),
+    ))
+}
+
+/// The backward on CUDA ([`super::gpu::backward`]): `xs [T or 2T, M]` (x2 stacked under xs),
+/// the initial state `[S, M]` and the output gradient `[T + S (+ S*T), M]` give `[T + S, M]`:
+/// the input gradient, then the initial-state gradient.
+fn bwd_typed<E: Dev>(
+    op: &SeqOp,
+    has_x2: bool,
+    xs: (&CudaStorage, &Layout),
+    st: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (rows_in, m) = xs.1.shape().dims2()?;
+    let t = if has_x2 { rows_in / 2 } else { rows_in };
+    let s = op.neuron.state_len();
+    let dev = xs.0.device.clone();
+    let stream = dev.cuda_stream();
+    let mut out = output::<E>(&dev, (t + s) * m)?;
+    if m == 0 {
+        return Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
             Shape::from((t + s, m)),
-        ))
+        ));
     }
-}
-
-impl CustomOp3 for Bwd<'_> {
-    fn name(&self) -> &'static str {
-        "adex-seq-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        bail!("fused AdEx: the CUDA backward op has no CPU form")
-    }
-    fn cuda_fwd(
-        &self,
-        s1: &CudaStorage,
-        l1: &Layout,
-        s2: &CudaStorage,
-        l2: &Layout,
-        s3: &CudaStorage,
-        l3: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (a, b, c) = ((s1, l1), (s2, l2), (s3, l3));
-        match s1.dtype() {
-            DType::F32 => self.run::<f32>(a, b, c),
-            DType::F64 => self.run::<f64>(a, b, c),
-            DType::F16 => self.run::<f16>(a, b, c),
-            DType::BF16 => self.run::<bf16>(a, b, c),
-            dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
-        }
-    }
-}
-
-/// The gradients of `(xs, state)` on CUDA, `[T, M]` and `[S, M]` in the data dtype.
-pub(crate) fn backward(
-    op: &SeqOp,
-    xs: &Tensor,
-    x2: Option<&Tensor>,
-    st: &Tensor,
-    grad: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let (t, _) = xs.dims2()?;
-    let xs_all = match x2 {
-        Some(x2) => Tensor::cat(&[xs, x2], 0)?,
-        None => xs.contiguous()?,
-    };
-    let grad = grad.to_dtype(xs.dtype())?.contiguous()?;
-    let st = st.contiguous()?;
-    let out = xs_all.apply_op3_no_bwd(
-        &st,
-        &grad,
-        &Bwd {
-            op,
-            has_x2: x2.is_some(),
-        },
+    let func = dev.get_or_load_custom_func(
+        &format!("adex_bwd_{}_{}", dtype_name(E::DTYPE_OF)?, op.method as i32),
+        MODULE,
+        PTX,
     )?;
-    let s = op.neuron.state_len();
-    Ok((out.narrow(0, 0, t)?, out.narrow(0, t, s)?))
+    let se = std::mem::size_of::<E>() as u64;
+    let (tt, mm) = (t as u64, m as u64);
+    let nseg = t.div_ceil(SEG).max(1);
+    let xs_s = xs.0.as_cuda_slice::<E>()?;
+    let st_s = st.0.as_cuda_slice::<E>()?;
+    let g_s = g.0.as_cuda_slice::<E>()?;
+    let (xs_p, _g1) = xs_s.device_ptr(&stream);
+    let xs_p = xs_p + start(xs.1, "xs")? as u64 * se;
+    let (st_p, _g2) = st_s.device_ptr(&stream);
+    let st_p = st_p + start(st.1, "state")? as u64 * se;
+    let (g_p, _g3) = g_s.device_ptr(&stream);
+    let g_p = g_p + start(g.1, "gradient")? as u64 * se;
+    let (o_p, _g4) = out.device_ptr_mut(&stream);
+    let at = |base: u64, row: u64| base + row * mm * se;
+    let three = |base: u64, first: u64, stride: u64| -> [u64; 3] {
+        match op.neuron {
+            Neuron::FeedForward => [
+                at(base, first),
+                at(base, first + stride),
+                at(base, first + 2 * stride),
+            ],
+            Neuron::Encoder => [at(base, first), 0, at(base, first + stride)],
+        }
+    };
+    let [v0, i0, a0] = three(st_p, 0, 1);
+    let s64 = s as u64;
+    macro_rules! go {
+        ($f:ty, $c:expr) => {{
+            let (c, np, per) = coefs_on::<$f>(&dev, $c)?;
+            let (cp, _g5) = match &per {
+                Some(p) => {
+                    let (p, g) = p.device_ptr(&stream);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let mut ckpt = if nseg > 1 {
+                // SAFETY: scratch written by the kernel's first pass before it is read.
+                Some(unsafe { dev.alloc::<$f>((nseg - 1) * 3 * m)? })
+            } else {
+                None
+            };
+            let (kp, _g6) = match ckpt.as_mut() {
+                Some(k) => {
+                    let (p, g) = k.device_ptr_mut(&stream);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let args = BwdArgs::<$f> {
+                xs: xs_p,
+                x2: if has_x2 { at(xs_p, tt) } else { 0 },
+                v0,
+                i0,
+                a0,
+                g_spikes: g_p,
+                g_last: three(g_p, tt, 1),
+                g_rec: if op.record {
+                    three(g_p, tt + s64, tt)
+                } else {
+                    [0; 3]
+                },
+                g_xs: o_p,
+                g0: three(o_p, tt, 1),
+                ckpt: kp,
+                coefs: cp,
+                t: tt,
+                m: mm,
+                np,
+                method: op.method as i32,
+                pad: 0,
+                alpha: <$f>::from_f64(op.alpha),
+                c,
+            };
+            let mut b = func.builder();
+            b.arg(&args);
+            // SAFETY: every pointer addresses a live buffer of the sizes the kernel reads
+            // or writes, checked by the caller (shapes of xs, state and gradient).
+            unsafe { b.launch(launch_config(m)) }.w()?;
+        }};
+    }
+    match op.coefs.as_ref() {
+        AnyCoefs::F32(c) if E::DTYPE_OF != DType::F64 => go!(f32, c),
+        AnyCoefs::F64(c) if E::DTYPE_OF == DType::F64 => go!(f64, c),
+        _ => bail!("fused AdEx (cuda): parameter precision does not match the data"),
+    }
+    drop((_g1, _g2, _g3, _g4));
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((t + s, m)),
+    ))
+}
+
+/// [`bwd_typed`] for the data dtype of `xs`.
+pub(crate) fn bwd_run(
+    op: &SeqOp,
+    has_x2: bool,
+    xs: (&CudaStorage, &Layout),
+    st: (&CudaStorage, &Layout),
+    g: (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    match xs.0.dtype() {
+        DType::F32 => bwd_typed::<f32>(op, has_x2, xs, st, g),
+        DType::F64 => bwd_typed::<f64>(op, has_x2, xs, st, g),
+        DType::F16 => bwd_typed::<f16>(op, has_x2, xs, st, g),
+        DType::BF16 => bwd_typed::<bf16>(op, has_x2, xs, st, g),
+        dt => bail!("fused AdEx (cuda): unsupported dtype {dt:?}"),
+    }
 }
 
 /// Keeps device memory that candle frees in CUDA's default memory pool instead of handing it

@@ -1,9 +1,12 @@
 //! The GPU sources checked on the CPU, without a GPU: the math header (`kernels/adex_math.h`)
-//! compiled as C++ and held to the Rust definition ([`super::math`]) bit for bit, and the CUDA
-//! kernels (`kernels/adex.cu`) compiled as C++ and run thread by thread on the host against plain
-//! loops over the same header (indexing, state slots, recording, second drive, per-neuron
-//! parameters, the backward's checkpointed segments). A C++ compiler is needed (`$CXX`, else
-//! `c++`); without one the tests fail and say so.
+//! compiled as C++ (plain, and with the Metal definitions of its macros) and held to the Rust
+//! definition ([`super::math`]) bit for bit; the CUDA kernels (`kernels/adex.cu`) and the Metal
+//! kernels (`kernels/adex.metal`) compiled as C++ and run thread by thread on the host against
+//! plain loops over the same header (indexing, state slots, recording, second drive, per-neuron
+//! parameters, the backward's checkpointed segments, half-type storage for Metal); and the
+//! Metal source held to what the Rust side asks of it ([`super::metal_abi`]: kernel names,
+//! buffer indices, parameter layout). A C++ compiler is needed (`$CXX`, else `c++`); without one
+//! the tests fail and say so.
 
 use super::math::{self, Coef, N_COEF};
 use crate::surrogate::SurrogateMethod;
@@ -11,11 +14,28 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+/// The directory of the GPU sources.
+fn kernels_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels")
+}
+
+/// The flags that compile Metal sources as C++: the Metal branch of the header, `<metal_stdlib>`
+/// from the host stand-in, Metal's attributes (`[[buffer(n)]]`) ignored.
+fn metal_flags() -> Vec<String> {
+    vec![
+        "-D__METAL_VERSION__=310".to_string(),
+        "-Wno-attributes".to_string(),
+        "-I".to_string(),
+        kernels_dir().join("metal_host").display().to_string(),
+    ]
+}
+
 /// Compiles `kernels/<source>` with `extra` flags and returns the executable.
 pub(crate) fn compile_host(source: &str, extra: &[&str]) -> PathBuf {
     let name = source.trim_end_matches(".cpp");
-    let kernels = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("kernels");
-    let out = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let kernels = kernels_dir();
+    let tag = if extra.is_empty() { "" } else { "-x" };
+    let out = std::env::temp_dir().join(format!("{name}{tag}-{}", std::process::id()));
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
     let status = Command::new(&cxx)
         .args(["-std=c++17", "-O2", "-ffp-contract=off", "-Wall", "-Werror"])
@@ -262,4 +282,141 @@ fn the_cuda_kernels_run_on_the_host_equal_plain_loops() {
     assert!(out.status.success(), "kernel emulation:\n{text}");
     assert!(text.contains(", 0 mismatches"), "{text}");
     let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn the_metal_branch_of_the_header_equals_the_rust_kernel_bit_for_bit() {
+    let flags = metal_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exe = compile_host("adex_host_check.cpp", &flags);
+    let recs = records(20_000);
+    let got32 = run_header(&exe, 32, &recs);
+    assert_same(32, &recs, &got32, |r| {
+        rust_outputs::<f32>(r).map(|x| x as f64)
+    });
+    let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn the_metal_kernels_run_on_the_host_equal_plain_loops() {
+    let flags = metal_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exe = compile_host("adex_metal_emu.cpp", &flags);
+    let out = Command::new(&exe)
+        .output()
+        .expect("run the Metal kernel emulation");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "Metal kernel emulation:\n{text}");
+    assert!(text.contains("336 cases, 0 mismatches"), "{text}");
+    let _ = std::fs::remove_file(exe);
+}
+
+/// The kernels of a Metal source as `(name, [(parameter, buffer index)])`, read from the
+/// preprocessed source (macros expanded, Metal's words intact).
+fn metal_kernels(source: &str) -> Vec<(String, Vec<(String, usize)>)> {
+    let path = std::env::temp_dir().join(format!("adex-metal-lint-{}.metal", std::process::id()));
+    std::fs::write(&path, source).expect("write the Metal source");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_string());
+    let out = Command::new(&cxx)
+        .args(["-E", "-P", "-x", "c++", "-std=c++17"])
+        .args(metal_flags())
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("the Metal lint needs a C++ preprocessor (`{cxx}`): {e}"));
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "preprocessing the Metal source failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let mut kernels = Vec::new();
+    for piece in text.split("kernel void ").skip(1) {
+        let (name, rest) = piece.split_once('(').expect("a kernel's parameter list");
+        // The parameter list ends where the body begins (its ')' inside `[[buffer(N)]]` do not).
+        let (params, _) = rest
+            .split_once(") {")
+            .unwrap_or_else(|| panic!("kernel {name}: no body"));
+        let mut bound = Vec::new();
+        for p in params.split(',') {
+            if let Some((decl, attr)) = p.split_once("[[buffer(") {
+                let index: usize = attr
+                    .split(')')
+                    .next()
+                    .and_then(|i| i.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("kernel {name}: buffer index in `{p}`"));
+                let pname = decl
+                    .trim()
+                    .rsplit([' ', '*', '&'])
+                    .next()
+                    .expect("parameter name")
+                    .to_string();
+                bound.push((pname, index));
+            }
+        }
+        kernels.push((name.trim().to_string(), bound));
+    }
+    kernels
+}
+
+#[test]
+fn the_metal_source_has_every_kernel_and_buffer_the_rust_side_uses() {
+    use super::metal_abi::{self, BWD_BUFFERS, FWD_BUFFERS, INPUT_BUFFERS};
+    // What Metal compiles: the embedded source (header prepended), not the file alone.
+    let kernels = metal_kernels(metal_abi::SOURCE);
+    let wanted = metal_abi::all_kernels();
+    assert_eq!(
+        kernels.len(),
+        wanted.len(),
+        "the source defines {} kernels, the Rust side asks for {}",
+        kernels.len(),
+        wanted.len()
+    );
+    for (name, fwd) in &wanted {
+        let (_, bound) = kernels
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("the Rust side asks for kernel {name}, the source has none"));
+        let table: Vec<(&str, usize)> = INPUT_BUFFERS
+            .iter()
+            .chain(if *fwd {
+                &FWD_BUFFERS[..]
+            } else {
+                &BWD_BUFFERS[..]
+            })
+            .copied()
+            .collect();
+        let mut got: Vec<(&str, usize)> = bound.iter().map(|(p, i)| (p.as_str(), *i)).collect();
+        let mut want = table.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "kernel {name}: its buffers vs the Rust side's indices"
+        );
+        let mut indices: Vec<usize> = bound.iter().map(|b| b.1).collect();
+        indices.sort();
+        indices.dedup();
+        assert_eq!(
+            indices.len(),
+            bound.len(),
+            "kernel {name}: two buffers share an index"
+        );
+    }
+    assert_eq!(std::mem::size_of::<metal_abi::Params>(), 48);
+    let seg = format!("#define ADEX_SEG {}", metal_abi::SEG);
+    assert!(
+        metal_abi::SOURCE.contains(&seg),
+        "the kernels' segment length is not {seg}"
+    );
+    // The lint reads what it should: a wrong index in the source is caught.
+    let broken =
+        metal_abi::SOURCE.replace("#define ADEX_BUF_LAST_A 10", "#define ADEX_BUF_LAST_A 19");
+    assert_ne!(broken, metal_abi::SOURCE);
+    let k = metal_kernels(&broken);
+    let (_, bound) = k
+        .iter()
+        .find(|(n, _)| n == "adex_fwd_f32_f32")
+        .expect("kernel");
+    assert!(bound.contains(&("last_a".to_string(), 19)));
 }

@@ -38,9 +38,15 @@ pub mod cpu;
 pub mod cuda;
 pub(crate) mod elem;
 mod event;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod gpu;
 #[cfg(test)]
 mod header_check;
 pub(crate) mod math;
+#[cfg(feature = "metal")]
+pub mod metal;
+#[cfg(any(test, feature = "metal"))]
+pub(crate) mod metal_abi;
 
 use crate::params::{AdexParameters, Param};
 use crate::reference::{self, Sequence, StateTensors};
@@ -76,19 +82,31 @@ pub fn cuda_retain_pool_memory(dev: &Device) -> Result<()> {
     cuda::retain_pool_memory(dev.as_cuda_device()?)
 }
 
+/// True when `CANDLE_ADEX_POISON` asks the GPU backends to fill every output buffer with `0xff`
+/// bytes (NaN in every float type) before the kernel writes it, so that an element the kernel
+/// misses shows as NaN (the GPU checks use it).
+#[cfg(any(feature = "cuda", feature = "metal"))]
+pub(crate) fn poisoning() -> bool {
+    static P: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *P.get_or_init(|| std::env::var("CANDLE_ADEX_POISON").is_ok_and(|v| v != "0" && !v.is_empty()))
+}
+
 /// Why the fused kernels cannot serve a call, or `None` when they can: the device is not the
 /// CPU, or a parameter tensor needs a gradient (the fused backward computes gradients for
 /// inputs and states only).
 pub fn unsupported_reason(p: &AdexParameters, device: &Device) -> Option<String> {
-    let served = device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda());
+    let served = device.is_cpu()
+        || (cfg!(feature = "cuda") && device.is_cuda())
+        || (cfg!(feature = "metal") && device.is_metal());
     if !served {
+        let gpus = match (cfg!(feature = "cuda"), cfg!(feature = "metal")) {
+            (true, true) => ", CUDA and Metal",
+            (true, false) => " and CUDA",
+            (false, true) => " and Metal",
+            (false, false) => "",
+        };
         return Some(format!(
-            "the fused kernels run on the CPU{}, not on {:?}",
-            if cfg!(feature = "cuda") {
-                " and CUDA"
-            } else {
-                ""
-            },
+            "the fused kernels run on the CPU{gpus}, not on {:?}",
             device.location()
         ));
     }
@@ -364,9 +382,9 @@ impl SeqOp {
         st: &Tensor,
         grad: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
-        #[cfg(feature = "cuda")]
-        if xs.device().is_cuda() {
-            return cuda::backward(self, xs, x2, st, grad);
+        #[cfg(any(feature = "cuda", feature = "metal"))]
+        if xs.device().is_cuda() || xs.device().is_metal() {
+            return gpu::backward(self, xs, x2, st, grad);
         }
         let dtype = xs.dtype();
         match &*self.coefs {
@@ -486,6 +504,17 @@ impl CustomOp2 for SeqOp {
         cuda::seq_packed(self, (s1, l1), None, (s2, l2))
     }
 
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        metal::seq_packed(self, (s1, l1), None, (s2, l2))
+    }
+
     fn bwd(
         &self,
         xs: &Tensor,
@@ -526,6 +555,19 @@ impl CustomOp3 for SeqOp {
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::seq_packed(self, (s1, l1), Some((s2, l2)), (s3, l3))
+    }
+
+    #[cfg(feature = "metal")]
+    fn metal_fwd(
+        &self,
+        s1: &candle_core::MetalStorage,
+        l1: &Layout,
+        s2: &candle_core::MetalStorage,
+        l2: &Layout,
+        s3: &candle_core::MetalStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::MetalStorage, Shape)> {
+        metal::seq_packed(self, (s1, l1), Some((s2, l2)), (s3, l3))
     }
 
     fn bwd(
@@ -600,8 +642,8 @@ fn run_flat(
             recorded,
         });
     }
-    #[cfg(feature = "cuda")]
-    if xs.device().is_cuda() {
+    #[cfg(any(feature = "cuda", feature = "metal"))]
+    if xs.device().is_cuda() || xs.device().is_metal() {
         let op = SeqOp {
             neuron,
             record,
@@ -609,7 +651,7 @@ fn run_flat(
             method: p.method,
             alpha: p.alpha,
         };
-        let (spikes, rest) = cuda::infer(&op, xs, x2, state, u8_spikes)?;
+        let (spikes, rest) = gpu::infer(&op, xs, x2, state, u8_spikes)?;
         let s = state.len();
         return Ok(Flat {
             spikes,
