@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, the binaries that scripts/gpu-check.sh runs on a lent GPU:
-# the `adex` command and the CUDA test binaries (tests/cuda.rs, tests/device.rs), release mode,
+# the `adex` command and the CUDA test binaries (tests/gpu.rs, tests/device.rs), release mode,
 # `cuda` feature, stripped and xz-compressed into .device/bin (ignored by git; small enough to
 # travel to the GPU machine). Uses ../shared/cuda/setup-cuda.sh for the pinned CUDA 13.0 toolchain.
 set -euo pipefail
@@ -13,7 +13,7 @@ fi
 . target/cuda-env.sh
 export CARGO_TARGET_DIR=target/cuda
 # Integration tests build the `adex` binary too, with the same lib (one compile of the crate).
-cargo test --release --features cuda --no-run --test cuda --test device --message-format=json \
+cargo test --release --features cuda --no-run --test gpu --test device --message-format=json \
   | python3 -c '
 import json, sys
 for line in sys.stdin:

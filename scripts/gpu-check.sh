@@ -3,7 +3,7 @@
 # scripts/build-gpu-bins.sh built here, carried in .device/:
 #     bash .device/gpu-check.sh            (writes into $OUT, else ./gpu-check-out)
 # 1. probe: the device, the driver, which CUDA libraries resolve;
-# 2. correctness: tests/cuda.rs (CUDA fused kernels vs the CPU kernels, every dtype, odd sizes,
+# 2. correctness: tests/gpu.rs (CUDA fused kernels vs the CPU kernels, every dtype, odd sizes,
 #    gradients) with every output poisoned (CANDLE_ADEX_POISON=1) so an unwritten element shows,
 #    and tests/device.rs (the reference path on the GPU vs the CPU);
 # 3. speed: `adex bench --device cuda`: neuron-steps/s per op, dtype and shape, beside a
@@ -29,7 +29,7 @@ fi
 ldd "$B/adex" | grep -E 'not found|cuda|cublas|curand'
 status=0
 echo "== correctness: CUDA fused kernels vs the CPU kernels (outputs poisoned)"
-CANDLE_ADEX_POISON=1 timeout 300 "$B/cuda" --test-threads 1 --nocapture || status=1
+CANDLE_ADEX_POISON=1 timeout 300 "$B/gpu" --test-threads 1 --nocapture || status=1
 echo "== correctness: the reference path on the GPU vs the CPU"
 timeout 120 "$B/device" --test-threads 1 --nocapture || status=1
 echo "== speed: adex bench --device cuda"

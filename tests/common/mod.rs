@@ -1,4 +1,4 @@
-//! Inputs shared by the kernel tests (tests/fused.rs, tests/cuda.rs).
+//! Inputs shared by the kernel tests (tests/fused.rs, tests/gpu.rs).
 
 use candle_adex::{AdexParameters, Param};
 use candle_core::{DType, Device, Result, Tensor};

@@ -61,10 +61,11 @@ OPTIONS:
     --dtype D          f32, bf16, f16 or f64 (repeatable; default f32, bf16, f16)
     --isa I            avx512, avx2 or portable (default: the best this CPU has)
     --no-reference     skip the reference path (it is slow at the large shapes)
-    --device D         cpu (default) or cuda: on cuda the ops are step, seq, seq_u8, seq_bwd
-                       (the backward kernel alone) and encoder_seq, the roof a device-to-device
-                       copy of the same bytes, the shapes the four above plus 1000,1,262144 (1 GB
-                       of f32 input), dtypes f32, bf16, f16 and f64";
+    --device D         cpu (default), cuda or metal: on a GPU the ops are step, seq, seq_u8,
+                       seq_bwd (the backward kernel alone) and encoder_seq, the roof a
+                       device-to-device copy of the same bytes, the shapes the four above plus
+                       1000,1,262144 (1 GB of f32 input), dtypes f32, bf16, f16 and f64 (Metal:
+                       no f64)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -205,8 +206,8 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                 let v = value()?;
                 match v.as_str() {
                     "cpu" => device = None,
-                    "cuda" => device = Some(v),
-                    _ => return Err(format!("--device must be cpu or cuda, got {v:?}")),
+                    "cuda" | "metal" => device = Some(v),
+                    _ => return Err(format!("--device must be cpu, cuda or metal, got {v:?}")),
                 }
             }
             "--op" if device.is_some() => {
@@ -248,8 +249,8 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
             other => return Err(format!("unknown option {other}\n\n{BENCH_HELP}")),
         }
     }
-    if device.is_some() {
-        return bench_device(json, quick, with_reference, shapes, dev_ops, dtypes);
+    if let Some(name) = device {
+        return bench_device(&name, json, quick, with_reference, shapes, dev_ops, dtypes);
     }
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
@@ -283,8 +284,10 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `adex bench --device cuda`.
+/// `adex bench --device cuda|metal`.
+#[allow(clippy::too_many_arguments)]
 fn bench_device(
+    name: &str,
     json: bool,
     quick: bool,
     with_reference: bool,
@@ -292,10 +295,17 @@ fn bench_device(
     mut ops: Vec<&'static str>,
     mut dtypes: Vec<DType>,
 ) -> Result<ExitCode, String> {
-    let dev = Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}"))?;
+    let dev = match name {
+        "metal" => Device::new_metal(0),
+        _ => Device::new_cuda(0),
+    }
+    .map_err(|e| format!("--device {name}: {e}"))?;
     // Fresh outputs from the pool, not mapped anew on every call (see the function's docs).
     #[cfg(feature = "cuda")]
-    candle_adex::fused::cuda_retain_pool_memory(&dev).map_err(|e| format!("--device cuda: {e}"))?;
+    if dev.is_cuda() {
+        candle_adex::fused::cuda_retain_pool_memory(&dev)
+            .map_err(|e| format!("--device cuda: {e}"))?;
+    }
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
         if !quick {
@@ -307,6 +317,9 @@ fn bench_device(
     }
     if dtypes.is_empty() {
         dtypes = vec![DType::F32, DType::BF16, DType::F16, DType::F64];
+    }
+    if dev.is_metal() {
+        dtypes.retain(|d| *d != DType::F64); // Metal has no f64
     }
     if !json {
         println!(

@@ -23,7 +23,8 @@ OPTIONS:
     --steps T          time steps (default 1000, one simulated second at dt = 1 ms)
     --dt DT            time step in seconds (default 0.001)
     --dtype D          f32, f64, f16 or bf16 (default f32)
-    --device D         auto (default: cuda when built with it and present, else cpu), cpu, cuda
+    --device D         auto (default: cuda or metal when built with it and present, else cpu),
+                       cpu, cuda, metal
     --seed S           seed of the parameter and input draws (default 1)
     --input KIND       noisy (default): mean x gain + white noise; constant: mean x gain;
                        ramp: 0 to 2 x mean x gain over the run, plus noise; or a .safetensors
@@ -134,9 +135,9 @@ fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
                 o.dtype = super::parse_dtype(value).map_err(|e| format!("--dtype: {e}"))?
             }
             "--device" => {
-                if !["auto", "cpu", "cuda"].contains(&value.as_str()) {
+                if !["auto", "cpu", "cuda", "metal"].contains(&value.as_str()) {
                     return Err(format!(
-                        "--device: expected auto, cpu or cuda, got {value:?}"
+                        "--device: expected auto, cpu, cuda or metal, got {value:?}"
                     ));
                 }
                 o.device = value.clone();
@@ -196,9 +197,12 @@ fn device(choice: &str) -> Result<Device, String> {
     match choice {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
-        // auto: a GPU when this build has CUDA and one answers, the CPU otherwise (a build
-        // with the feature on a machine without a driver gets an error here, not a GPU)
-        _ => Ok(Device::new_cuda(0).unwrap_or(Device::Cpu)),
+        "metal" => Device::new_metal(0).map_err(|e| format!("--device metal: {e}")),
+        // auto: a GPU when this build has CUDA or Metal and one answers, the CPU otherwise (a
+        // build with a GPU feature on a machine without that GPU gets an error here, not a GPU)
+        _ => Ok(Device::new_cuda(0)
+            .or_else(|_| Device::new_metal(0))
+            .unwrap_or(Device::Cpu)),
     }
 }
 
@@ -323,7 +327,11 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
     println!(
         "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {}, {path})",
         o.dtype,
-        if dev.is_cuda() { "cuda" } else { "cpu" }
+        match dev {
+            Device::Cuda(_) => "cuda",
+            Device::Metal(_) => "metal",
+            Device::Cpu => "cpu",
+        }
     );
     let out = run().map_err(|e| e.to_string())?;
     let stats = SpikeStats::new(&out.spikes, o.steps, o.neurons, dt);

@@ -1,9 +1,10 @@
-//! The fused CUDA kernels held to the fused CPU kernels (which tests/fused.rs holds to the
-//! reference path): every dtype, odd sizes, sequences longer than a checkpoint segment, per-neuron
-//! parameters, recording, u8 spikes, the encoder, the recurrent sequence, the step, and the
-//! gradients of every surrogate method. Needs the `cuda` feature and a GPU; without one each test
-//! says so and returns. The GPU check script runs these with `CANDLE_ADEX_POISON=1`, so an output
-//! element a kernel does not write shows as NaN and fails the comparison.
+//! The fused GPU kernels (CUDA, or Metal on a Mac) held to the fused CPU kernels (which
+//! tests/fused.rs holds to the reference path): every dtype the GPU has (Metal: no f64), odd
+//! sizes, sequences longer than a checkpoint segment, per-neuron parameters, recording, u8
+//! spikes, the encoder, the recurrent sequence, the step, and the gradients of every surrogate
+//! method. Needs the `cuda` or `metal` feature and such a GPU; without one each test says so and
+//! returns. The GPU check script runs these with `CANDLE_ADEX_POISON=1`, so an output element a
+//! kernel does not write shows as NaN and fails the comparison.
 
 use candle_adex::{fused, AdexParameters, EncoderState, FeedForwardState, RecurrentState};
 use candle_adex::{Sequence, SurrogateMethod};
@@ -12,21 +13,34 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 mod common;
 use common::{currents, per_neuron_params};
 
-const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
-
+/// The GPU of the build: CUDA with the `cuda` feature, else Metal with the `metal` feature.
 fn gpu() -> Option<Device> {
-    if !cfg!(feature = "cuda") {
-        eprintln!("skipped: built without the `cuda` feature");
-        return None;
-    }
-    match Device::new_cuda(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            eprintln!("skipped: no CUDA device ({e})");
-            None
+    if cfg!(feature = "cuda") {
+        match Device::new_cuda(0) {
+            Ok(d) => return Some(d),
+            Err(e) => eprintln!("skipped: no CUDA device ({e})"),
         }
+    } else if cfg!(feature = "metal") {
+        match Device::new_metal(0) {
+            Ok(d) => return Some(d),
+            Err(e) => eprintln!("skipped: no Metal device ({e})"),
+        }
+    } else {
+        eprintln!("skipped: built without the `cuda` or `metal` feature");
     }
+    None
 }
+
+/// Of `wanted`, the dtypes the device computes in (Metal has no f64).
+fn dtypes(dev: &Device, wanted: &[DType]) -> Vec<DType> {
+    wanted
+        .iter()
+        .copied()
+        .filter(|d| !(dev.is_metal() && *d == DType::F64))
+        .collect()
+}
+
+const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
 fn host(t: &Tensor) -> Result<Vec<f64>> {
     t.to_device(&Device::Cpu)?
@@ -106,7 +120,7 @@ fn feed_forward_sequences_equal_the_cpu_kernels() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     let mut flips = 0;
     let mut total = 0;
-    for dtype in DTYPES {
+    for dtype in dtypes(&dev, &DTYPES) {
         let mut worst = 0f64;
         let mut dflips = 0;
         for &(t, b, n) in &[
@@ -179,7 +193,7 @@ fn feed_forward_sequences_equal_the_cpu_kernels() -> Result<()> {
 fn strided_inputs_steps_and_the_encoder_equal_the_cpu_kernels() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     let p = AdexParameters::default();
-    for dtype in DTYPES {
+    for dtype in dtypes(&dev, &DTYPES) {
         // A transposed (non-contiguous) input.
         let xs = currents(&[77, 40], dtype, 3)?.t()?;
         let s0 = FeedForwardState::initial(&p, 77, dtype, &Device::Cpu)?;
@@ -231,7 +245,7 @@ fn strided_inputs_steps_and_the_encoder_equal_the_cpu_kernels() -> Result<()> {
 fn recurrent_sequences_equal_the_cpu_path() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
     let p = AdexParameters::default();
-    for dtype in [DType::F32, DType::F64] {
+    for dtype in dtypes(&dev, &[DType::F32, DType::F64]) {
         let (t, b, i, h) = (40, 3, 7, 33);
         let xs = currents(&[t, b, i], dtype, 6)?;
         let w_in = (currents(&[h, i], dtype, 7)? * 0.3)?;
@@ -290,7 +304,7 @@ fn grads(
 #[test]
 fn gradients_equal_the_cpu_kernels_for_every_method() -> Result<()> {
     let Some(dev) = gpu() else { return Ok(()) };
-    for dtype in [DType::F64, DType::F32, DType::BF16] {
+    for dtype in dtypes(&dev, &[DType::F64, DType::F32, DType::BF16]) {
         let mut worst = 0f64;
         for method in SurrogateMethod::ALL {
             for &(t, record) in &[(1, false), (40, true), (300, false)] {
