@@ -118,9 +118,9 @@ ADEX_FN void adex_fwd(device const E* xs, device const E* x2s, device const E* v
         float x[ADEX_UNROLL], x2[ADEX_UNROLL];
         for (int k = 0; k < ADEX_UNROLL; ++k) {
             const ulong at = row + ulong(k) * m;
-            const bool in = t0 + ulong(k) < steps;
-            x[k] = in ? float(xs[at]) : 0.0f;
-            x2[k] = in && has_x2 ? float(x2s[at]) : 0.0f;
+            const bool live = t0 + ulong(k) < steps;
+            x[k] = live ? float(xs[at]) : 0.0f;
+            x2[k] = live && has_x2 ? float(x2s[at]) : 0.0f;
         }
         for (int k = 0; k < ADEX_UNROLL; ++k) {
             if (t0 + ulong(k) >= steps) break;

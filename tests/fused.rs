@@ -8,22 +8,12 @@ use candle_adex::{RecurrentState, Sequence, SurrogateMethod};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 mod common;
-use common::{currents, per_neuron_params};
+use common::{currents, per_neuron_params, tol};
 
 const DTYPES: [DType; 4] = [DType::F32, DType::F64, DType::F16, DType::BF16];
 
 fn to_f64(t: &Tensor) -> Result<Vec<f64>> {
     t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()
-}
-
-/// Tolerances (absolute + relative) for states of `dtype` after a sequence.
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 1e-11,
-        DType::F32 => 2e-4,
-        DType::F16 => 4e-3,
-        _ => 2e-2,
-    }
 }
 
 /// Spikes `[T, ..., N]` and states compared neuron by neuron: a neuron whose spike train differs

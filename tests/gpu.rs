@@ -11,7 +11,7 @@ use candle_adex::{Sequence, SurrogateMethod};
 use candle_core::{DType, Device, Result, Tensor, Var};
 
 mod common;
-use common::{currents, per_neuron_params};
+use common::{currents, per_neuron_params, tol};
 
 /// The GPU of the build: CUDA with the `cuda` feature, else Metal with the `metal` feature.
 fn gpu() -> Option<Device> {
@@ -47,15 +47,6 @@ fn host(t: &Tensor) -> Result<Vec<f64>> {
         .to_dtype(DType::F64)?
         .flatten_all()?
         .to_vec1::<f64>()
-}
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::F64 => 1e-11,
-        DType::F32 => 2e-4,
-        DType::F16 => 4e-3,
-        _ => 2e-2,
-    }
 }
 
 /// Spike trains compared neuron by neuron (flips counted; at most one in 10^4 neurons may flip

@@ -41,3 +41,14 @@ pub fn per_neuron_params(n: usize, dev: &Device) -> Result<AdexParameters> {
         ..Default::default()
     })
 }
+
+/// Tolerances (absolute + relative) for states of `dtype` after a sequence compared between
+/// two kernels.
+pub fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F64 => 1e-11,
+        DType::F32 => 2e-4,
+        DType::F16 => 4e-3,
+        _ => 2e-2,
+    }
+}
