@@ -75,6 +75,9 @@ fn reference_path_on_the_accelerator_matches_the_cpu() -> Result<()> {
     let (t, b, n, i_in) = (50, 3, 37, 11);
     let xs_cpu = Tensor::rand(0f32, 1.2, (t, b, n), &cpu)?;
     for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        if gpu.is_metal() && dtype == DType::F64 {
+            continue; // Metal has no f64
+        }
         let run = |dev: &Device| -> Result<(Tensor, Tensor)> {
             let p = params_on(dev)?;
             let xs = xs_cpu.to_device(dev)?.to_dtype(dtype)?;
@@ -131,12 +134,17 @@ fn reference_path_on_the_accelerator_matches_the_cpu() -> Result<()> {
     let (flips, err) = compare((&zg, &zc), (&vg, &vc), n);
     eprintln!("encoder f32: {flips} flips, v error {err:.2e}");
     assert!(flips <= 2 && err <= 1e-5);
-    // gradients through the sequence, f64, to the input and the per-neuron v_th
+    // gradients through the sequence, f64 (Metal: f32), to the input and the per-neuron v_th
+    let (gdt, gtol) = if gpu.is_metal() {
+        (DType::F32, 1e-4)
+    } else {
+        (DType::F64, 1e-10)
+    };
     let grads = |dev: &Device| -> Result<(Vec<f64>, Vec<f64>)> {
-        let x = Var::from_tensor(&xs_cpu.to_device(dev)?.to_dtype(DType::F64)?)?;
+        let x = Var::from_tensor(&xs_cpu.to_device(dev)?.to_dtype(gdt)?)?;
         let v_th = Var::from_tensor(
             &Tensor::arange(0u32, n as u32, dev)?
-                .to_dtype(DType::F64)?
+                .to_dtype(gdt)?
                 .affine(0.01, 0.8)?,
         )?;
         let p = AdexParameters {
@@ -145,7 +153,7 @@ fn reference_path_on_the_accelerator_matches_the_cpu() -> Result<()> {
             alpha: 5.0,
             ..Default::default()
         };
-        let s0 = FeedForwardState::initial(&p, (b, n), DType::F64, dev)?;
+        let s0 = FeedForwardState::initial(&p, (b, n), gdt, dev)?;
         let out = lif_adex_feed_forward_seq(x.as_tensor(), &s0, &p, false)?;
         let g = (out.spikes.sum_all()? + out.state.v.sum_all()?)?.backward()?;
         Ok((
@@ -163,10 +171,10 @@ fn reference_path_on_the_accelerator_matches_the_cpu() -> Result<()> {
         num / b.iter().map(|y| y.abs()).fold(1e-300, f64::max)
     };
     eprintln!(
-        "gradients f64: input {:.2e}, v_th {:.2e}",
+        "gradients {gdt:?}: input {:.2e}, v_th {:.2e}",
         rel(&gxg, &gxc),
         rel(&gvg, &gvc)
     );
-    assert!(rel(&gxg, &gxc) < 1e-10 && rel(&gvg, &gvc) < 1e-10);
+    assert!(rel(&gxg, &gxc) < gtol && rel(&gvg, &gvc) < gtol);
     Ok(())
 }
