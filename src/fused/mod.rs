@@ -6,8 +6,9 @@
 //! tensor ops per step. They run on the CPU (SIMD with run-time dispatch, see [`cpu`]), on CUDA
 //! (feature `cuda`, `kernels/adex.cu`) and on Metal (feature `metal`, `kernels/adex.metal`, not
 //! yet run on Apple hardware); on other devices, or when a parameter tensor itself needs a
-//! gradient, they return an error that says so. The crate-root functions ([`crate::lif_adex_feed_forward_seq`], ...) choose this path on
-//! their own and fall back to the reference path where it cannot serve.
+//! gradient, they return an error that says so. The crate-root functions
+//! ([`crate::lif_adex_feed_forward_seq`], ...) choose this path on their own and fall back to the
+//! reference path where it cannot serve.
 //!
 //! **Autograd.** When any input or state tensor is tracked (a [`candle_core::Var`] or derived
 //! from one), the call is applied as one candle custom op ([`SeqOp`]) whose packed output is
