@@ -240,3 +240,30 @@ fn help_and_user_mistakes() {
         );
     }
 }
+
+#[test]
+fn a_closed_output_pipe_ends_the_command_without_a_panic() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // `adex patterns | head -0`: the reader is gone before the table is printed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_adex"))
+        .arg("patterns")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !status.success(),
+        "the command cannot have printed its table"
+    );
+}

@@ -67,7 +67,25 @@ OPTIONS:
                        1000,1,262144 (1 GB of f32 input), dtypes f32, bf16, f16 and f64 (Metal:
                        no f64)";
 
+/// Lets a closed output pipe end the program quietly, as it ends other command-line tools
+/// (`adex bench | head`): Rust ignores SIGPIPE, so `println!` would panic on the write error.
+#[cfg(unix)]
+fn die_quietly_on_closed_pipe() {
+    extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13; // the same number on Linux and macOS
+    const SIG_DFL: usize = 0;
+    // SAFETY: restores the default disposition of one signal before any thread starts; no
+    // handler code of ours runs on it.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    die_quietly_on_closed_pipe();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rest = args.get(1..).unwrap_or(&[]);
     let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
