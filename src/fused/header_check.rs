@@ -272,16 +272,22 @@ fn the_gpu_math_header_equals_the_rust_kernel_bit_for_bit() {
     let _ = std::fs::remove_file(exe);
 }
 
-#[test]
-fn the_cuda_kernels_run_on_the_host_equal_plain_loops() {
-    let exe = compile_host("adex_cuda_emu.cpp", &[]);
+/// Compiles and runs a kernel emulation (`kernels/<source>`), which must report `expect`.
+fn run_emulation(source: &str, flags: &[String], expect: &str) {
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exe = compile_host(source, &flags);
     let out = Command::new(&exe)
         .output()
-        .expect("run the kernel emulation");
+        .unwrap_or_else(|e| panic!("run {source}: {e}"));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "kernel emulation:\n{text}");
-    assert!(text.contains(", 0 mismatches"), "{text}");
+    assert!(out.status.success(), "{source}:\n{text}");
+    assert!(text.contains(expect), "{text}");
     let _ = std::fs::remove_file(exe);
+}
+
+#[test]
+fn the_cuda_kernels_run_on_the_host_equal_plain_loops() {
+    run_emulation("adex_cuda_emu.cpp", &[], ", 0 mismatches");
 }
 
 #[test]
@@ -299,16 +305,11 @@ fn the_metal_branch_of_the_header_equals_the_rust_kernel_bit_for_bit() {
 
 #[test]
 fn the_metal_kernels_run_on_the_host_equal_plain_loops() {
-    let flags = metal_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let exe = compile_host("adex_metal_emu.cpp", &flags);
-    let out = Command::new(&exe)
-        .output()
-        .expect("run the Metal kernel emulation");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "Metal kernel emulation:\n{text}");
-    assert!(text.contains("336 cases, 0 mismatches"), "{text}");
-    let _ = std::fs::remove_file(exe);
+    run_emulation(
+        "adex_metal_emu.cpp",
+        &metal_flags(),
+        "336 cases, 0 mismatches",
+    );
 }
 
 /// The kernels of a Metal source as `(name, [(parameter, buffer index)])`, read from the

@@ -17,7 +17,7 @@
 
 use super::math::N_COEF;
 use super::metal_abi::{self, buf, Params, SEG, SOURCE};
-use super::{AnyCoefs, Coefs, Neuron, SeqOp};
+use super::{slots, AnyCoefs, Coefs, Neuron, SeqOp};
 use candle_core::backend::BackendStorage;
 use candle_core::metal_backend::DeviceId;
 use candle_core::{
@@ -189,14 +189,6 @@ fn params(op: &SeqOp, t: usize, m: usize, np: u64, has_x2: bool, record: bool) -
     }
 }
 
-/// The state slots (v, i, a) from the `S` state rows; the encoder has no i (`None`).
-fn slots<T: Copy>(neuron: Neuron, rows: &[T]) -> [Option<T>; 3] {
-    match neuron {
-        Neuron::FeedForward => [Some(rows[0]), Some(rows[1]), Some(rows[2])],
-        Neuron::Encoder => [Some(rows[0]), None, Some(rows[1])],
-    }
-}
-
 /// One forward sequence: `xs [T, M]` (and `x2`) from the initial state; spikes (`[T, M]`, the
 /// data dtype or `u8`) to `spikes`, the final state and, with `record`, the post-step states to
 /// `rest` (`[S + S*T, M]` rows of the data dtype: final state, then recorded).
@@ -254,7 +246,7 @@ fn forward(
         None => None,
     };
     let (coefs, np) = coefs_on(dev, &op.coefs)?;
-    let [v0, i0, a0] = slots(op.neuron, &rows);
+    let [v0, i0, a0] = slots(op.neuron, rows);
     // Absent inputs are bound to the input, absent outputs to the state output; never touched.
     let inputs = [
         (buf::XS, x),
@@ -265,10 +257,10 @@ fn forward(
         (buf::COEFS, At(&coefs, 0)),
     ];
     let last: Vec<At<'_>> = (0..s).map(|k| rest.rows(k, m, size)).collect();
-    let [lv, li, la] = slots(op.neuron, &last);
+    let [lv, li, la] = slots(op.neuron, last);
     let recorded: Vec<At<'_>> = (0..s).map(|k| rest.rows(s + k * t, m, size)).collect();
     let [rv, ri, ra] = if op.record {
-        slots(op.neuron, &recorded)
+        slots(op.neuron, recorded)
     } else {
         [None; 3]
     };
@@ -387,17 +379,17 @@ pub(crate) fn bwd_run(
     let g0 = At(g.0.buffer(), start(g.1, dtype, "gradient")?);
     let o = At(&out, 0);
     let state_rows: Vec<At<'_>> = (0..s).map(|k| st0.rows(k, m, size)).collect();
-    let [v0, i0, a0] = slots(op.neuron, &state_rows);
+    let [v0, i0, a0] = slots(op.neuron, state_rows);
     let g_last: Vec<At<'_>> = (0..s).map(|k| g0.rows(t + k, m, size)).collect();
-    let [glv, gli, gla] = slots(op.neuron, &g_last);
+    let [glv, gli, gla] = slots(op.neuron, g_last);
     let g_rec: Vec<At<'_>> = (0..s).map(|k| g0.rows(t + s + k * t, m, size)).collect();
     let [grv, gri, gra] = if op.record {
-        slots(op.neuron, &g_rec)
+        slots(op.neuron, g_rec)
     } else {
         [None; 3]
     };
     let g_first: Vec<At<'_>> = (0..s).map(|k| o.rows(t + k, m, size)).collect();
-    let [g0v, g0i, g0a] = slots(op.neuron, &g_first);
+    let [g0v, g0i, g0a] = slots(op.neuron, g_first);
     let inputs = [
         (buf::XS, x),
         (buf::X2, if has_x2 { x.rows(t, m, size) } else { x }),

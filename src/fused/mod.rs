@@ -277,7 +277,7 @@ fn split_rows<'a, T>(mut buf: &'a mut [T], width: usize, rows: &[usize]) -> Vec<
 }
 
 /// Maps the `S` state rows of `neuron` onto the kernel's `(v, i, a)` slots.
-fn slots<T>(neuron: Neuron, mut rows: Vec<T>) -> [Option<T>; 3] {
+pub(crate) fn slots<T>(neuron: Neuron, mut rows: Vec<T>) -> [Option<T>; 3] {
     match neuron {
         Neuron::FeedForward => {
             let a = rows.pop();
