@@ -95,8 +95,9 @@ const PREFETCH_ROWS: usize = 6;
 const PREFETCH_BYTES: usize = 8 << 20;
 /// Outputs at least this large are written with streaming stores.
 const STREAM_BYTES: usize = 16 << 20;
-/// Neuron-steps below which a call runs on one thread.
-const PARALLEL_WORK: usize = 1 << 19;
+/// Neuron-steps below which a call runs on one thread (about 10 µs of work: below it, handing
+/// work to a pool worker costs more than it saves).
+const PARALLEL_WORK: usize = 1 << 15;
 
 /// The instruction-set paths of the CPU kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -194,9 +195,7 @@ pub fn threads_for(work: usize, nblocks: usize) -> usize {
     if work < PARALLEL_WORK {
         return 1;
     }
-    candle_core::utils::get_num_threads()
-        .min(nblocks.div_ceil(2))
-        .max(1)
+    super::pool::threads().min(nblocks.div_ceil(2)).max(1)
 }
 
 /// A row-major `[rows, width]` output written by several threads, each to its own columns.
@@ -798,7 +797,8 @@ fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     }
 }
 
-/// Runs `f` over `nblocks` block indices, split across threads when `work` is large.
+/// Runs `f` over `nblocks` block indices, split across the worker pool ([`super::pool`]) when
+/// `work` is large.
 fn parallel(nblocks: usize, work: usize, f: impl Fn(Range<usize>) + Sync) {
     let threads = threads_for(work, nblocks);
     if threads <= 1 {
@@ -806,15 +806,11 @@ fn parallel(nblocks: usize, work: usize, f: impl Fn(Range<usize>) + Sync) {
         return;
     }
     let chunk = nblocks.div_ceil(threads);
-    std::thread::scope(|s| {
-        let f = &f;
-        for k in 1..threads {
-            let r = (k * chunk).min(nblocks)..((k + 1) * chunk).min(nblocks);
-            if !r.is_empty() {
-                s.spawn(move || f(r));
-            }
+    super::pool::run(threads, &|k| {
+        let r = (k * chunk).min(nblocks)..((k + 1) * chunk).min(nblocks);
+        if !r.is_empty() {
+            f(r);
         }
-        f(0..chunk.min(nblocks));
     });
 }
 
