@@ -312,7 +312,8 @@ impl Workload {
         Ok(())
     }
 
-    /// One copy of the roof's bytes, split over the kernel's thread count.
+    /// One copy of the roof's bytes, split over the kernel's thread count (on the kernels'
+    /// worker pool, so that the roof and the kernel pay the same hand-over).
     pub fn run_copy(&mut self) {
         let threads = self.threads();
         if threads == 1 {
@@ -321,14 +322,16 @@ impl Workload {
             return;
         }
         let chunk = self.copy_src.len().div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            for (d, src) in self
-                .copy_dst
-                .chunks_mut(chunk)
-                .zip(self.copy_src.chunks(chunk))
-            {
-                s.spawn(move || d.copy_from_slice(src));
-            }
+        let parts: Vec<std::sync::Mutex<(&mut [u8], &[u8])>> = self
+            .copy_dst
+            .chunks_mut(chunk)
+            .zip(self.copy_src.chunks(chunk))
+            .map(std::sync::Mutex::new)
+            .collect();
+        fused::pool::run(parts.len(), &|k| {
+            let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
+            let (d, s) = &mut *part;
+            d.copy_from_slice(s);
         });
         std::hint::black_box(&mut self.copy_dst);
     }

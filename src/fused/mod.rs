@@ -49,7 +49,7 @@ pub(crate) mod math;
 pub mod metal;
 #[cfg(any(test, feature = "metal"))]
 pub(crate) mod metal_abi;
-mod pool;
+pub(crate) mod pool;
 
 use crate::params::{AdexParameters, Param};
 use crate::reference::{self, Sequence, StateTensors};
