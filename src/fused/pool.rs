@@ -19,7 +19,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins for the next job before it sleeps.
@@ -147,7 +147,12 @@ pub(crate) fn run<'a>(parts: usize, part: &'a (dyn Fn(usize) + Sync + 'a)) {
     let pool = pool();
     let workers = pool.workers.load(Ordering::Acquire);
     let guard = if parts > 1 && workers > 0 {
-        pool.busy.try_lock().ok()
+        match pool.busy.try_lock() {
+            Ok(g) => Some(g),
+            // A panic that crossed an earlier job leaves nothing half-done: `Wait` ran.
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     } else {
         None
     };
@@ -254,10 +259,20 @@ mod tests {
             })
         });
         assert!(r.is_err());
-        let n = AtomicU64::new(0);
-        run(2, &|_| {
-            n.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(n.load(Ordering::Relaxed), 2);
+        // A panic on the calling thread too (it poisons the pool's lock).
+        let r = catch_unwind(|| run(2, &|_| panic!("boom")));
+        assert!(r.is_err());
+        // The pool still runs jobs on two threads afterwards.
+        for _ in 0..20 {
+            let ids = Mutex::new(std::collections::HashSet::new());
+            run(2, &|_| {
+                std::thread::sleep(Duration::from_millis(1));
+                ids.lock().unwrap().insert(std::thread::current().id());
+            });
+            if ids.into_inner().unwrap().len() == 2 {
+                return;
+            }
+        }
+        panic!("the pool no longer uses its worker after a panic");
     }
 }
