@@ -13,7 +13,7 @@
 //! never deadlocks and never oversubscribes the cores.
 //!
 //! A job borrows its closure from the caller's stack; the caller does not return (nor unwind)
-//! until every worker that took the job has finished it, which is what makes lending a
+//! until every worker that takes part in the job has finished it, which is what makes lending a
 //! non-`'static` closure sound (see [`run`]). A panic in a worker is caught there and re-raised
 //! on the calling thread.
 
@@ -34,7 +34,7 @@ type Part = dyn Fn(usize) + Sync + 'static;
 struct Lent(*const Part);
 
 // SAFETY: the pointee is `Sync` (so it may be called from any thread), and `run` keeps it alive
-// until every worker that read it has signalled completion.
+// until every worker that takes part has signalled completion.
 unsafe impl Send for Lent {}
 
 struct Job {
@@ -55,7 +55,7 @@ struct Pool {
     wake: Condvar,
     /// A copy of `job.generation` that spinning workers read without the lock.
     generation: AtomicUsize,
-    /// Workers that took the current job and have not finished it.
+    /// Participating workers (indices `1..stride`) that have not finished the current job.
     pending: AtomicUsize,
     panicked: AtomicBool,
 }
@@ -115,7 +115,11 @@ fn worker(pool: &'static Pool, index: usize) {
             seen = job.generation;
             (job.part, job.parts, job.stride)
         };
-        // Every worker that reads a job counts itself out, whether or not it has a part.
+        // Only participants (indices below the stride) were counted in `pending`; the others
+        // have no part in this job and leave it alone.
+        if index >= stride {
+            continue;
+        }
         if let Some(Lent(part)) = part {
             // SAFETY: `run` keeps the closure alive until `pending` reaches zero, which cannot
             // happen before this worker's decrement below.
@@ -162,14 +166,14 @@ pub(crate) fn run<'a>(parts: usize, part: &'a (dyn Fn(usize) + Sync + 'a)) {
     };
     let stride = parts.min(workers + 1);
     // SAFETY: erases the borrow's lifetime. The `Wait` guard below blocks this function's
-    // return and unwinding until every worker that read the job has finished with it, and the
+    // return and unwinding until every participating worker has finished with it, and the
     // slot is cleared before the guard releases `busy`, so the pointer is never used after
     // `part` goes out of scope.
     let lent = Lent(unsafe {
         std::mem::transmute::<*const (dyn Fn(usize) + Sync + 'a), *const Part>(part)
     });
     pool.panicked.store(false, Ordering::Relaxed);
-    pool.pending.store(workers, Ordering::Release);
+    pool.pending.store(stride - 1, Ordering::Release);
     {
         let mut job = pool.job.lock().unwrap_or_else(|e| e.into_inner());
         job.generation += 1;
