@@ -19,7 +19,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock, TryLockError};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins for the next job before it sleeps.
@@ -95,6 +95,12 @@ fn pool() -> &'static Pool {
     })
 }
 
+/// Locks `m`; the pool's state stays consistent across a panic (parts run outside the locks),
+/// so a poisoned lock is taken as it is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn worker(pool: &'static Pool, index: usize) {
     let mut seen = 0;
     loop {
@@ -108,7 +114,7 @@ fn worker(pool: &'static Pool, index: usize) {
             }
         }
         let (part, parts, stride) = {
-            let mut job = pool.job.lock().unwrap_or_else(|e| e.into_inner());
+            let mut job = lock(&pool.job);
             while job.generation == seen {
                 job = pool.wake.wait(job).unwrap_or_else(|e| e.into_inner());
             }
@@ -175,7 +181,7 @@ pub(crate) fn run<'a>(parts: usize, part: &'a (dyn Fn(usize) + Sync + 'a)) {
     pool.panicked.store(false, Ordering::Relaxed);
     pool.pending.store(stride - 1, Ordering::Release);
     {
-        let mut job = pool.job.lock().unwrap_or_else(|e| e.into_inner());
+        let mut job = lock(&pool.job);
         job.generation += 1;
         job.part = Some(lent);
         job.parts = parts;
@@ -195,7 +201,7 @@ pub(crate) fn run<'a>(parts: usize, part: &'a (dyn Fn(usize) + Sync + 'a)) {
                     std::thread::yield_now();
                 }
             }
-            self.0.job.lock().unwrap_or_else(|e| e.into_inner()).part = None;
+            lock(&self.0.job).part = None;
         }
     }
     let wait = Wait(pool);
