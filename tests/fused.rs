@@ -348,6 +348,74 @@ fn threaded_and_streaming_calls_match_reference() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn streamed_threaded_backward_equals_the_backward_of_column_slices() -> Result<()> {
+    // 1100 x 4000 f32 input gradients = 17.6 MB: the backward runs on threads, streams them
+    // and recomputes from checkpoints (T > SEG). Neurons are independent, so each column slice
+    // (small: one thread, no streaming) must give exactly the same gradients.
+    let p = AdexParameters::default();
+    let (t, n) = (1100, 4000);
+    let xs = currents(&[t, n], DType::F32, 71)?;
+    let s0 = FeedForwardState {
+        v: currents(&[n], DType::F32, 72)?,
+        i: currents(&[n], DType::F32, 73)?,
+        a: currents(&[n], DType::F32, 74)?,
+    };
+    let (wz, wv) = (
+        currents(&[t, n], DType::F32, 75)?,
+        currents(&[n], DType::F32, 76)?,
+    );
+    let (wi, wa) = (
+        currents(&[n], DType::F32, 77)?,
+        currents(&[n], DType::F32, 78)?,
+    );
+    let grads_of = |c0: usize, w: usize| -> Result<Vec<Vec<f32>>> {
+        let last = |x: &Tensor| x.narrow(x.rank() - 1, c0, w);
+        let vars = [&xs, &s0.v, &s0.i, &s0.a].map(|x| Var::from_tensor(&last(x).unwrap()).unwrap());
+        let s = FeedForwardState {
+            v: vars[1].as_tensor().clone(),
+            i: vars[2].as_tensor().clone(),
+            a: vars[3].as_tensor().clone(),
+        };
+        let out = fused::lif_adex_feed_forward_seq(vars[0].as_tensor(), &s, &p, false)?;
+        let mut loss = (out.spikes * last(&wz)?)?.sum_all()?;
+        for (x, wx) in [
+            (&out.state.v, &wv),
+            (&out.state.i, &wi),
+            (&out.state.a, &wa),
+        ] {
+            loss = (loss + (x * last(wx)?)?.sum_all()?)?;
+        }
+        let g = loss.backward()?;
+        vars.iter()
+            .map(|v| {
+                let g = g.get(v.as_tensor()).expect("a gradient");
+                g.flatten_all()?.to_vec1::<f32>()
+            })
+            .collect()
+    };
+    let full = grads_of(0, n)?;
+    assert!(
+        full[0].iter().any(|g| *g != 0.0),
+        "some input gradient is non-zero"
+    );
+    for (c0, w) in [(0, 37), (1999, 130), (3871, 129)] {
+        let part = grads_of(c0, w)?;
+        for (k, (gp, gf)) in part.iter().zip(&full).enumerate() {
+            let rows = gp.len() / w;
+            for r in 0..rows {
+                assert_eq!(
+                    gp[r * w..(r + 1) * w],
+                    gf[r * n + c0..r * n + c0 + w],
+                    "grad #{k}, row {r}, columns {c0}..{}",
+                    c0 + w
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Gradients of a loss over spikes, final state and recorded states, with respect to the input
 /// and the initial state, through `run`.
 fn grads(

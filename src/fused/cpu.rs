@@ -22,11 +22,12 @@
 //! # Backward
 //! The sequence backward **recomputes** the forward instead of storing it: the forward pass with
 //! gradients writes exactly what inference writes, and the backward walks each block through
-//! time again, keeping checkpoints of the state every [`SEG`] steps and the pre-step states of one
-//! segment at a time in a per-thread buffer (about 200 KB, L2-resident), then runs the reverse
-//! time loop over that segment. Memory traffic is the inputs and gradients once more instead of
-//! three state trajectories written and read back; the extra arithmetic is one or two forward
-//! passes, which run from cache.
+//! time again, keeping checkpoints of the state every [`SEG`] steps and the tapes of one segment
+//! at a time (the two values per step that the step's backward needs, [`math::Tape`]) in a
+//! per-thread buffer (128 KB, L2-resident), then runs the reverse time loop over that segment.
+//! Memory traffic is the inputs and gradients once more instead of three state trajectories
+//! written and read back; the extra arithmetic is one forward pass (two for `T > SEG`), and the
+//! reverse step reads the exponential from the tape instead of evaluating it again.
 
 // Index loops over fixed-size lane arrays are the form the vectorizer handles best here
 // (iterator adaptors with closures were measured not to inline into the SIMD contexts).
@@ -362,6 +363,20 @@ impl Blocks {
             head: head.min(m),
         }
     }
+    /// Whether a `[t, M]` output is large enough to be streamed, and the blocks for it: when
+    /// streaming, the block boundaries are shifted so that blocks start on a cache line of the
+    /// output rows (only possible when every row has the same alignment).
+    fn for_output<O>(out: &Rows<O>, t: usize) -> (bool, Self) {
+        let (m, size) = (out.width, std::mem::size_of::<O>());
+        let stream = t * m * size >= STREAM_BYTES;
+        let addr = out.ptr as usize;
+        let head = if stream && (m * size) % 64 == 0 && addr % size == 0 {
+            ((64 - addr % 64) % 64) / size
+        } else {
+            0
+        };
+        (stream, Blocks::new(m, head))
+    }
     fn count(&self) -> usize {
         (self.head > 0) as usize + (self.m - self.head).div_ceil(BLOCK)
     }
@@ -611,12 +626,13 @@ fn fwd_blocks<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem
 struct Scratch<F> {
     /// Checkpoints: the pre-step state `(v, i, a)` at every `SEG`-th step.
     ckpt: Vec<[[F; BLOCK]; 3]>,
-    /// Pre-step `(v, i_jump, a)` of the current segment.
-    seg: Vec<[[F; BLOCK]; 3]>,
+    /// The tapes (`v_dec`, `e`) of the current segment's steps.
+    seg: Vec<[[F; BLOCK]; 2]>,
 }
 
-/// One forward step of a block inside the backward pass, optionally keeping the pre-step
-/// `(v, i_jump, a)` in `pre`.
+/// One forward step of a block inside the backward pass, optionally keeping the step's tape
+/// (see [`math::Tape`]) in `tape`; with `prefetching`, the inputs [`PREFETCH_ROWS`] ahead are
+/// prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
@@ -627,9 +643,17 @@ fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
     coef: &impl PackSource<F>,
     [v, i, a]: [&mut [F; BLOCK]; 3],
     [x, x2]: [&mut [F; BLOCK]; 2],
-    mut pre: Option<&mut [[F; BLOCK]; 3]>,
+    mut tape: Option<&mut [[F; BLOCK]; 2]>,
+    prefetching: bool,
 ) {
     let row = t * job.m + m0..t * job.m + m0 + len;
+    if prefetching && t + PREFETCH_ROWS < job.t {
+        let r = (t + PREFETCH_ROWS) * job.m + m0;
+        prefetch(&job.xs[r..r + len]);
+        if let Some(d) = job.x2 {
+            prefetch(&d[r..r + len]);
+        }
+    }
     load(&job.xs[row.clone()], x);
     if let Some(d) = job.x2 {
         load(&d[row], x2);
@@ -645,12 +669,11 @@ fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
             xp
         };
         let (vp, ap) = (P::load(&v[r.clone()]), P::load(&a[r.clone()]));
-        if let Some(pre) = pre.as_deref_mut() {
-            vp.store(&mut pre[0][r.clone()]);
-            i_jump.store(&mut pre[1][r.clone()]);
-            ap.store(&mut pre[2][r.clone()]);
+        let ((_, vn, an), tp) = math::update_taped::<P<F>, FMA>(c, vp, i_jump, ap);
+        if let Some(tape) = tape.as_deref_mut() {
+            tp.v_dec.store(&mut tape[0][r.clone()]);
+            tp.e.store(&mut tape[1][r.clone()]);
         }
-        let (_, vn, an) = math::update::<P<F>, FMA>(c, vp, i_jump, ap);
         if SYN {
             math::synapse(c, i_jump).store(&mut i[r.clone()]);
         }
@@ -665,6 +688,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     job: &BwdJob<F>,
     m0: usize,
     len: usize,
+    stream: bool,
     scratch: &mut Scratch<F>,
     coef: &impl PackSource<F>,
 ) {
@@ -682,6 +706,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     scratch.ckpt.clear();
     scratch.ckpt.push([v, i, a]);
     let mut x2 = [zero; BLOCK];
+    let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..(nseg - 1) * SEG {
         recompute::<FMA, SYN, F>(
             job,
@@ -692,6 +717,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
             [&mut v, &mut i, &mut a],
             [&mut x, &mut x2],
             None,
+            prefetching,
         );
         if (t + 1) % SEG == 0 {
             scratch.ckpt.push([v, i, a]);
@@ -708,9 +734,9 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     for s in (0..nseg).rev() {
         let (t0, t1) = (s * SEG, ((s + 1) * SEG).min(steps));
         [v, i, a] = scratch.ckpt[s];
-        scratch.seg.resize(SEG, [[zero; BLOCK]; 3]);
+        scratch.seg.resize(SEG, [[zero; BLOCK]; 2]);
         for t in t0..t1 {
-            let pre = &mut scratch.seg[t - t0];
+            let tape = &mut scratch.seg[t - t0];
             recompute::<FMA, SYN, F>(
                 job,
                 t,
@@ -719,7 +745,8 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
                 coef,
                 [&mut v, &mut i, &mut a],
                 [&mut x, &mut x2],
-                Some(pre),
+                Some(tape),
+                prefetching,
             );
         }
         for t in (t0..t1).rev() {
@@ -741,21 +768,25 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
                 prefetch(&job.g_spikes[r..r + len]);
             }
             load(&job.g_spikes[row], &mut gz);
-            let pre = &scratch.seg[t - t0];
+            let tape = &scratch.seg[t - t0];
             for p in 0..NP {
                 let c = &coef.pack(p);
                 let r = p * PACK..(p + 1) * PACK;
-                let g = math::update_backward::<P<F>, FMA>(
+                let tp = math::Tape {
+                    v_dec: P::load(&tape[0][r.clone()]),
+                    e: P::load(&tape[1][r.clone()]),
+                };
+                let g = math::step_backward::<P<F>, FMA>(
                     c,
                     method,
                     alpha,
-                    P::load(&pre[0][r.clone()]),
-                    P::load(&pre[1][r.clone()]),
-                    P::load(&pre[2][r.clone()]),
-                    P::load(&gz[r.clone()]),
-                    P::load(&gv[r.clone()]),
-                    P::load(&gi[r.clone()]),
-                    P::load(&ga[r.clone()]),
+                    tp,
+                    [
+                        P::load(&gz[r.clone()]),
+                        P::load(&gv[r.clone()]),
+                        P::load(&gi[r.clone()]),
+                        P::load(&ga[r.clone()]),
+                    ],
                 );
                 g.i_jump.store(&mut gx[r.clone()]);
                 g.v.store(&mut gv[r.clone()]);
@@ -765,7 +796,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
                 }
             }
             // SAFETY: `segment` checks the bounds.
-            unsafe { put(job.g_xs.segment(t, m0, len), len, &gx, false) };
+            unsafe { put(job.g_xs.segment(t, m0, len), len, &gx, stream) };
         }
     }
     for (r, vals) in job.g0.iter().zip([&gv, &gi, &ga]) {
@@ -781,6 +812,7 @@ fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
+    stream: bool,
 ) {
     let mut scratch = Scratch {
         ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
@@ -789,12 +821,17 @@ fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     for k in range {
         let (m0, len) = blocks.get(k);
         match job.coefs {
-            Coefs::Scalar(c) => bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch, c),
+            Coefs::Scalar(c) => {
+                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, c)
+            }
             per_neuron => {
                 let packs = per_neuron.block(m0, len).packs();
-                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, &mut scratch, &packs)
+                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, &packs)
             }
         }
+    }
+    if stream {
+        stream_fence();
     }
 }
 
@@ -844,8 +881,9 @@ mod x86 {
         job: &BwdJob<F>,
         blocks: Blocks,
         range: Range<usize>,
+        stream: bool,
     ) {
-        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range)
+        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range, stream)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
@@ -853,8 +891,9 @@ mod x86 {
         job: &BwdJob<F>,
         blocks: Blocks,
         range: Range<usize>,
+        stream: bool,
     ) {
-        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range)
+        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range, stream)
     }
 }
 
@@ -885,22 +924,7 @@ pub(crate) fn forward<E: Elem, O: Elem>(job: &FwdJob<E, O>) {
     if job.m == 0 {
         return;
     }
-    let out_bytes = job.t * job.m * std::mem::size_of::<O>();
-    let stream = out_bytes >= STREAM_BYTES;
-    // Shift the block boundaries so that blocks start on a cache line of the spike rows (only
-    // possible when every row has the same alignment).
-    let head = if stream && (job.m * std::mem::size_of::<O>()) % 64 == 0 {
-        let addr = job.spikes.ptr as usize;
-        let size = std::mem::size_of::<O>();
-        if addr % size == 0 {
-            ((64 - addr % 64) % 64) / size
-        } else {
-            0
-        }
-    } else {
-        0
-    };
-    let blocks = Blocks::new(job.m, head);
+    let (stream, blocks) = Blocks::for_output(&job.spikes, job.t);
     let isa = Isa::current();
     let syn = job.i0.is_some();
     let x2 = job.x2.is_some();
@@ -917,15 +941,16 @@ fn bwd_dispatch<const SYN: bool, const METHOD: u8, F: Compute>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
+    stream: bool,
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `isa` comes from `Isa::current`, which only yields detected paths.
-        Isa::Avx512 => unsafe { x86::bwd_avx512::<SYN, METHOD, F>(job, blocks, range) },
+        Isa::Avx512 => unsafe { x86::bwd_avx512::<SYN, METHOD, F>(job, blocks, range, stream) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe { x86::bwd_avx2::<SYN, METHOD, F>(job, blocks, range) },
-        _ => bwd_blocks::<PORTABLE_FMA, SYN, METHOD, F>(job, blocks, range),
+        Isa::Avx2 => unsafe { x86::bwd_avx2::<SYN, METHOD, F>(job, blocks, range, stream) },
+        _ => bwd_blocks::<PORTABLE_FMA, SYN, METHOD, F>(job, blocks, range, stream),
     }
 }
 
@@ -934,14 +959,15 @@ fn bwd_method<const SYN: bool, F: Compute>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
+    stream: bool,
 ) {
     match job.method {
-        SurrogateMethod::Super => bwd_dispatch::<SYN, 0, F>(isa, job, blocks, range),
-        SurrogateMethod::Triangle => bwd_dispatch::<SYN, 1, F>(isa, job, blocks, range),
-        SurrogateMethod::Tanh => bwd_dispatch::<SYN, 2, F>(isa, job, blocks, range),
-        SurrogateMethod::Circ => bwd_dispatch::<SYN, 3, F>(isa, job, blocks, range),
-        SurrogateMethod::HeaviErfc => bwd_dispatch::<SYN, 4, F>(isa, job, blocks, range),
-        SurrogateMethod::Heaviside => bwd_dispatch::<SYN, 5, F>(isa, job, blocks, range),
+        SurrogateMethod::Super => bwd_dispatch::<SYN, 0, F>(isa, job, blocks, range, stream),
+        SurrogateMethod::Triangle => bwd_dispatch::<SYN, 1, F>(isa, job, blocks, range, stream),
+        SurrogateMethod::Tanh => bwd_dispatch::<SYN, 2, F>(isa, job, blocks, range, stream),
+        SurrogateMethod::Circ => bwd_dispatch::<SYN, 3, F>(isa, job, blocks, range, stream),
+        SurrogateMethod::HeaviErfc => bwd_dispatch::<SYN, 4, F>(isa, job, blocks, range, stream),
+        SurrogateMethod::Heaviside => bwd_dispatch::<SYN, 5, F>(isa, job, blocks, range, stream),
     }
 }
 
@@ -950,15 +976,15 @@ pub(crate) fn backward<F: Compute>(job: &BwdJob<F>) {
     if job.m == 0 {
         return;
     }
-    let blocks = Blocks::new(job.m, 0);
+    let (stream, blocks) = Blocks::for_output(&job.g_xs, job.t);
     let isa = Isa::current();
     let syn = job.i0.is_some();
     // The backward does about three forward passes' work per neuron-step.
     parallel(blocks.count(), 3 * job.t * job.m, |range| {
         if syn {
-            bwd_method::<true, F>(isa, job, blocks, range.clone())
+            bwd_method::<true, F>(isa, job, blocks, range.clone(), stream)
         } else {
-            bwd_method::<false, F>(isa, job, blocks, range.clone())
+            bwd_method::<false, F>(isa, job, blocks, range.clone(), stream)
         }
     });
 }

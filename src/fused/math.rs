@@ -530,16 +530,44 @@ fn membrane<V: Lanes, const FMA: bool>(c: &Coef<V>, v: V, i_jump: V, a: V) -> (V
     (v_dec, e, capped)
 }
 
+/// What the backward of one step needs from its forward, saved by [`update_taped`] so that
+/// [`step_backward`] does not evaluate the exponential again: the membrane potential before
+/// the reset, and the exponential term `exp(u)`, or `-1` where `u` was capped at `EXP_CAP`
+/// (no gradient flows through a capped exponent; the exponential is never negative).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tape<V> {
+    pub v_dec: V,
+    pub e: V,
+}
+
 /// One AdEx update from the state `(v, a)` driven by `i_jump` (the synaptic current after the
 /// input jump; the input current itself for the encoder). Returns `(z, v_new, a_new)`.
 #[inline(always)]
 pub(crate) fn update<V: Lanes, const FMA: bool>(c: &Coef<V>, v: V, i_jump: V, a: V) -> (V, V, V) {
-    let (v_dec, _, _) = membrane::<V, FMA>(c, v, i_jump, a);
+    update_taped::<V, FMA>(c, v, i_jump, a).0
+}
+
+/// [`update`], also returning the step's [`Tape`].
+#[inline(always)]
+pub(crate) fn update_taped<V: Lanes, const FMA: bool>(
+    c: &Coef<V>,
+    v: V,
+    i_jump: V,
+    a: V,
+) -> ((V, V, V), Tape<V>) {
+    let (v_dec, e, capped) = membrane::<V, FMA>(c, v, i_jump, a);
     let a_dec = a + (c.a_current * (v - c.v_leak) - a) * c.c_ada;
     // `v_dec - v_spike > 0` and `v_dec > v_spike` agree for all floats.
     let spike = v_dec.gt(c.v_spike);
     let z = sel(spike, V::splat(V::S::ONE), V::splat(V::S::ZERO));
-    (z, sel(spike, c.v_reset, v_dec), a_dec + z * c.a_spike)
+    let tape = Tape {
+        v_dec,
+        e: sel(capped, -V::splat(V::S::ONE), e),
+    };
+    (
+        (z, sel(spike, c.v_reset, v_dec), a_dec + z * c.a_spike),
+        tape,
+    )
 }
 
 /// `i_new = i_jump - dt*tau_syn_inv*i_jump`.
@@ -591,13 +619,7 @@ pub(crate) struct StepGrad<V> {
 }
 
 /// The backward of one step (the adjoint of [`update`] and [`synapse`]), recomputing what it
-/// needs from the pre-step state `(v, i_jump, a)`. `gz`, `gv`, `gi`, `ga` are the gradients of
-/// the step's outputs `z`, `v_new`, `i_new`, `a_new`.
-///
-/// The spike passes `g(v_dec - v_spike)` (zero where that is not finite); the reset passes
-/// `1 - z` to `v_dec` and `v_reset - v_dec` (zero where `v_dec` is not finite) to `z`;
-/// `a_new = a_dec + z*a_spike` passes `a_spike` to `z`. These are the reference path's
-/// derivatives, which are norse's.
+/// needs from the pre-step state `(v, i_jump, a)`: [`step_backward`] of the step's tape.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn update_backward<V: Lanes, const FMA: bool>(
@@ -612,8 +634,26 @@ pub(crate) fn update_backward<V: Lanes, const FMA: bool>(
     gi: V,
     ga: V,
 ) -> StepGrad<V> {
+    let (_, tape) = update_taped::<V, FMA>(c, v, i_jump, a);
+    step_backward::<V, FMA>(c, method, alpha, tape, [gz, gv, gi, ga])
+}
+
+/// The backward of one step from its [`Tape`]. `[gz, gv, gi, ga]` are the gradients of the
+/// step's outputs `z`, `v_new`, `i_new`, `a_new`.
+///
+/// The spike passes `g(v_dec - v_spike)` (zero where that is not finite); the reset passes
+/// `1 - z` to `v_dec` and `v_reset - v_dec` (zero where `v_dec` is not finite) to `z`;
+/// `a_new = a_dec + z*a_spike` passes `a_spike` to `z`. These are the reference path's
+/// derivatives, which are norse's.
+#[inline(always)]
+pub(crate) fn step_backward<V: Lanes, const FMA: bool>(
+    c: &Coef<V>,
+    method: SurrogateMethod,
+    alpha: V,
+    Tape { v_dec, e }: Tape<V>,
+    [gz, gv, gi, ga]: [V; 4],
+) -> StepGrad<V> {
     let zero = V::splat(V::S::ZERO);
-    let (v_dec, e, capped) = membrane::<V, FMA>(c, v, i_jump, a);
     let s = v_dec - c.v_spike;
     let spike = s.gt(zero);
     let jump = sel(v_dec.is_finite(), c.v_reset - v_dec, zero);
@@ -626,7 +666,7 @@ pub(crate) fn update_backward<V: Lanes, const FMA: bool>(
     let g_vdec = sel(spike, zero, gv) + g_s;
     // v_dec = v + bracket*c_mem, bracket = ((v_leak - v) + delta_T*e) + i_jump - a
     let g_bracket = g_vdec * c.c_mem;
-    let g_exp = sel(capped, zero, g_bracket * e);
+    let g_exp = sel(e.lt(zero), zero, g_bracket * e);
     // a_dec = a + (a_current*(v - v_leak) - a)*c_ada
     let g_ada = ga * c.c_ada;
     StepGrad {
