@@ -619,7 +619,10 @@ pub(crate) struct StepGrad<V> {
 }
 
 /// The backward of one step (the adjoint of [`update`] and [`synapse`]), recomputing what it
-/// needs from the pre-step state `(v, i_jump, a)`: [`step_backward`] of the step's tape.
+/// needs from the pre-step state `(v, i_jump, a)`: [`step_backward`] of the step's tape. The
+/// CPU kernels keep the tape instead; the header check holds `kernels/adex_math.h`'s
+/// `update_backward` (the GPU kernels' form) to this one.
+#[cfg(test)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn update_backward<V: Lanes, const FMA: bool>(
