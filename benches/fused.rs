@@ -15,6 +15,7 @@ fn fused(c: &mut Criterion) {
         group.throughput(Throughput::Elements((t * b * n) as u64));
         for (op, dtype) in [
             (Op::Step, DType::F32),
+            (Op::StepInto, DType::F32),
             (Op::Seq, DType::F32),
             (Op::Seq, DType::BF16),
             (Op::Seq, DType::F16),

@@ -22,6 +22,10 @@ use std::time::Instant;
 pub enum Op {
     /// `T` feed-forward steps, one call per step (outputs allocated by each call).
     Step,
+    /// `T` feed-forward steps, one call per step, into caller-owned buffers
+    /// ([`fused::lif_adex_feed_forward_step_into`]: spikes into a row of a `[T, ...]` buffer,
+    /// the state advanced in place).
+    StepInto,
     /// One feed-forward sequence call, spikes in the input dtype.
     Seq,
     /// One feed-forward sequence call, spikes as `u8`.
@@ -37,12 +41,20 @@ pub enum Op {
 
 impl Op {
     /// All ops, in report order.
-    pub const ALL: [Op; 5] = [Op::Step, Op::Seq, Op::SeqU8, Op::SeqFwdBwd, Op::SeqAutograd];
+    pub const ALL: [Op; 6] = [
+        Op::Step,
+        Op::StepInto,
+        Op::Seq,
+        Op::SeqU8,
+        Op::SeqFwdBwd,
+        Op::SeqAutograd,
+    ];
 
     /// The name used in reports and JSON (`step`, `seq`, `seq_u8`, `seq_fwd_bwd`).
     pub fn name(self) -> &'static str {
         match self {
             Op::Step => "step",
+            Op::StepInto => "step_into",
             Op::Seq => "seq",
             Op::SeqU8 => "seq_u8",
             Op::SeqFwdBwd => "seq_fwd_bwd",
@@ -54,7 +66,7 @@ impl Op {
     fn bytes_per_neuron_step(self, size: usize) -> usize {
         match self {
             // x, v, i, a read; z, v, i, a written.
-            Op::Step => 8 * size,
+            Op::Step | Op::StepInto => 8 * size,
             // x read, spikes written.
             Op::Seq => 2 * size,
             Op::SeqU8 => size + 1,
@@ -213,6 +225,16 @@ impl Workload {
                     s = next;
                 }
             }
+            Op::StepInto => {
+                for k in 0..self.t {
+                    fused::lif_adex_feed_forward_step_into(
+                        &self.xs.get(k)?,
+                        &self.state,
+                        &self.p,
+                        &self.spikes.get(k)?,
+                    )?;
+                }
+            }
             Op::Seq | Op::SeqU8 => {
                 fused::lif_adex_feed_forward_seq_into(&self.xs, &self.state, &self.p, &self.spikes)?
             }
@@ -272,7 +294,7 @@ impl Workload {
     /// One call of the reference path.
     pub fn run_reference(&mut self) -> Result<()> {
         match self.op {
-            Op::Step => {
+            Op::Step | Op::StepInto => {
                 let mut s = self.s0.clone();
                 for k in 0..self.t {
                     let (_, next) =

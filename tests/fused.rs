@@ -331,6 +331,56 @@ fn u8_spikes_and_caller_buffers_equal_the_allocating_call() -> Result<()> {
 }
 
 #[test]
+fn step_into_loops_equal_the_allocating_step() -> Result<()> {
+    // Two layers of different sizes stepped in turn on one thread, so that the final-state
+    // scratch the `*_into` calls keep between calls is reused both larger and smaller than
+    // needed; random initial states, so a stale value would show.
+    let dev = Device::Cpu;
+    let p = AdexParameters::default();
+    for dtype in DTYPES {
+        let shapes = [(3usize, 70usize), (1, 29)];
+        let mut layers = Vec::new();
+        for (k, &(b, n)) in shapes.iter().enumerate() {
+            let seed = 90 + 10 * k as u64;
+            let s0 = FeedForwardState {
+                v: currents(&[b, n], dtype, seed)?,
+                i: currents(&[b, n], dtype, seed + 1)?,
+                a: currents(&[b, n], dtype, seed + 2)?,
+            };
+            let state = FeedForwardState {
+                v: s0.v.copy()?,
+                i: s0.i.copy()?,
+                a: s0.a.copy()?,
+            };
+            let xs = currents(&[12, b, n], dtype, seed + 3)?;
+            let spikes = Tensor::full(7u8, (12, b, n), &dev)?;
+            layers.push((s0, state, xs, spikes));
+        }
+        for t in 0..12 {
+            for (s0, state, xs, spikes) in layers.iter_mut() {
+                let (z, next) = fused::lif_adex_feed_forward_step(&xs.get(t)?, s0, &p)?;
+                fused::lif_adex_feed_forward_step_into(&xs.get(t)?, state, &p, &spikes.get(t)?)?;
+                assert_eq!(to_f64(&spikes.get(t)?)?, to_f64(&z)?, "{dtype:?} step {t}");
+                assert_eq!(to_f64(&state.v)?, to_f64(&next.v)?, "{dtype:?} v, step {t}");
+                assert_eq!(to_f64(&state.i)?, to_f64(&next.i)?, "{dtype:?} i, step {t}");
+                assert_eq!(to_f64(&state.a)?, to_f64(&next.a)?, "{dtype:?} a, step {t}");
+                *s0 = next;
+            }
+        }
+        let x = currents(&[2, 33], dtype, 99)?;
+        let es0 = EncoderState::initial(&p, (2, 33), dtype, &dev)?;
+        let es = EncoderState::initial(&p, (2, 33), dtype, &dev)?;
+        let spikes = Tensor::zeros((2, 33), dtype, &dev)?;
+        let (z, next) = fused::lif_adex_current_encoder(&x, &es0, &p)?;
+        fused::lif_adex_current_encoder_step_into(&x, &es, &p, &spikes)?;
+        assert_eq!(to_f64(&spikes)?, to_f64(&z)?);
+        assert_eq!(to_f64(&es.v)?, to_f64(&next.v)?);
+        assert_eq!(to_f64(&es.a)?, to_f64(&next.a)?);
+    }
+    Ok(())
+}
+
+#[test]
 fn threaded_and_streaming_calls_match_reference() -> Result<()> {
     let p = AdexParameters::default();
     // 1100 x 4000 f32 spikes = 17.6 MB: threads, streaming stores and shifted block boundaries.

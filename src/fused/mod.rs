@@ -1314,13 +1314,23 @@ impl IntoOp<'_> {
             slices.push(data::<E>(c, l, "input")?);
         }
         let s = self.state.len();
-        let mut fin = zeros::<E>(s * m);
+        // The final state goes to a scratch buffer (the state tensors are being read), reused
+        // from the last call on this thread when it fits: a fresh one costs page faults that,
+        // for a single step, take longer than the kernel. The kernel writes all of it.
+        let reusable = |c: &CpuStorage| E::cpu_storage_as_slice(c).is_ok_and(|b| b.len() >= s * m);
+        let mut fin = match self.fin.lock().expect("unpoisoned").take() {
+            Some(c) if reusable(&c) => c,
+            _ => E::to_cpu_storage_owned(zeros::<E>(s * m)),
+        };
         {
             let (v0, i0, a0) = match self.neuron {
                 Neuron::FeedForward => (slices[1], Some(slices[2]), slices[3]),
                 Neuron::Encoder => (slices[1], None, slices[2]),
             };
-            let last = split_rows(&mut fin, m, &vec![1; s]);
+            let Some(buf) = E::slice_mut(&mut fin) else {
+                bail!("fused AdEx: state scratch dtype mismatch");
+            };
+            let last = split_rows(&mut buf[..s * m], m, &vec![1; s]);
             let job = FwdJob {
                 t,
                 m,
@@ -1336,7 +1346,7 @@ impl IntoOp<'_> {
             };
             cpu::forward(&job);
         }
-        *self.fin.lock().expect("unpoisoned") = Some(E::to_cpu_storage_owned(fin));
+        *self.fin.lock().expect("unpoisoned") = Some(fin);
         Ok(())
     }
 }
@@ -1495,11 +1505,13 @@ fn seq_into<S: StateTensors>(
         xs: &xs_f,
         state: &list,
         coefs: &coefs,
-        fin: std::sync::Mutex::new(None),
+        fin: std::sync::Mutex::new(FIN_SCRATCH.with(|c| c.take())),
     };
     spikes.inplace_op1(&into)?;
     let fin = into.fin.into_inner().expect("unpoisoned");
-    let fin = fin.expect("the kernel ran");
+    let Some(fin) = fin else {
+        bail!("{op}: the kernel did not run");
+    };
     for (k, s) in list.iter().enumerate() {
         s.inplace_op1(&CopyIn {
             src: &fin,
@@ -1507,7 +1519,19 @@ fn seq_into<S: StateTensors>(
             len: m,
         })?;
     }
+    if list.len() * m * xs.dtype().size_in_bytes() <= FIN_SCRATCH_BYTES {
+        FIN_SCRATCH.with(|c| c.set(Some(fin)));
+    }
     Ok(())
+}
+
+/// The largest final-state scratch kept per thread between `*_into` calls (larger states pay
+/// a fresh buffer per call, which their kernels amortize).
+const FIN_SCRATCH_BYTES: usize = 16 << 20;
+
+thread_local! {
+    /// The final-state scratch of the last `*_into` call on this thread (see [`IntoOp`]).
+    static FIN_SCRATCH: std::cell::Cell<Option<CpuStorage>> = const { std::cell::Cell::new(None) };
 }
 
 /// Inference with caller-owned buffers: runs the feed-forward sequence `xs [T, ..., N]`, writes
@@ -1543,6 +1567,62 @@ pub fn lif_adex_feed_forward_seq_into(
         state,
         p,
         spikes,
+    )
+}
+
+/// One feed-forward step with caller-owned buffers: [`lif_adex_feed_forward_step`] that writes
+/// the spikes into `spikes` (the shape of `x`; its dtype or `u8`) and advances `state` in place.
+/// A step loop allocates nothing per step this way (the allocating step pays fresh outputs, and
+/// their page faults, on every call). `spikes` may be a row of a `[T, ...]` buffer
+/// (`spikes.get(t)`); the same rules as [`lif_adex_feed_forward_seq_into`] apply.
+///
+/// ```
+/// use candle_adex::{fused, AdexParameters, FeedForwardState};
+/// use candle_core::{DType, Device, Tensor};
+/// let dev = Device::Cpu;
+/// let p = AdexParameters::default();
+/// let xs = Tensor::full(3f32, (100, 4), &dev)?;
+/// let state = FeedForwardState::initial(&p, 4, DType::F32, &dev)?;
+/// let spikes = Tensor::zeros((100, 4), DType::F32, &dev)?;
+/// for t in 0..100 {
+///     fused::lif_adex_feed_forward_step_into(&xs.get(t)?, &state, &p, &spikes.get(t)?)?;
+/// }
+/// let s0 = FeedForwardState::initial(&p, 4, DType::F32, &dev)?;
+/// let seq = fused::lif_adex_feed_forward_seq(&xs, &s0, &p, false)?;
+/// assert_eq!(spikes.to_vec2::<f32>()?, seq.spikes.to_vec2::<f32>()?);
+/// assert_eq!(state.a.to_vec1::<f32>()?, seq.state.a.to_vec1::<f32>()?);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn lif_adex_feed_forward_step_into(
+    x: &Tensor,
+    state: &FeedForwardState,
+    p: &AdexParameters,
+    spikes: &Tensor,
+) -> Result<()> {
+    seq_into(
+        "lif_adex_feed_forward_step_into",
+        Neuron::FeedForward,
+        &x.unsqueeze(0)?,
+        state,
+        p,
+        &spikes.unsqueeze(0)?,
+    )
+}
+
+/// [`lif_adex_feed_forward_step_into`] for the current encoder.
+pub fn lif_adex_current_encoder_step_into(
+    x: &Tensor,
+    state: &EncoderState,
+    p: &AdexParameters,
+    spikes: &Tensor,
+) -> Result<()> {
+    seq_into(
+        "lif_adex_current_encoder_step_into",
+        Neuron::Encoder,
+        &x.unsqueeze(0)?,
+        state,
+        p,
+        &spikes.unsqueeze(0)?,
     )
 }
 

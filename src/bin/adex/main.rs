@@ -56,7 +56,7 @@ OPTIONS:
                        neuron_steps_per_s, roof_neuron_steps_per_s, reference_neuron_steps_per_s
     --quick            only the two small shapes
     --shape T,B,N      only this shape (repeatable)
-    --op OP            step, seq, seq_u8, seq_fwd_bwd (kernels, f32) or seq_autograd
+    --op OP            step, step_into, seq, seq_u8, seq_fwd_bwd (kernels, f32) or seq_autograd
                        (candle backward() end to end) (repeatable; default all)
     --dtype D          f32, bf16, f16 or f64 (repeatable; default f32, bf16, f16)
     --isa I            avx512, avx2 or portable (default: the best this CPU has)
@@ -245,7 +245,7 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
                 let v = value()?;
                 let op = Op::ALL.into_iter().find(|o| o.name() == v).ok_or_else(|| {
                     format!(
-                        "--op must be step, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"
+                        "--op must be step, step_into, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"
                     )
                 })?;
                 ops_.push(op);
