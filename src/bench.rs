@@ -50,7 +50,8 @@ impl Op {
         Op::SeqAutograd,
     ];
 
-    /// The name used in reports and JSON (`step`, `seq`, `seq_u8`, `seq_fwd_bwd`).
+    /// The name used in reports and JSON (`step`, `step_into`, `seq`, `seq_u8`, `seq_fwd_bwd`,
+    /// `seq_autograd`).
     pub fn name(self) -> &'static str {
         match self {
             Op::Step => "step",
