@@ -679,6 +679,42 @@ fn bad_calls_give_clear_errors() -> Result<()> {
     )
     .unwrap_err();
     assert!(e.to_string().contains("share memory"), "{e}");
+    // Spikes in another part of a storage the kernel reads (the state's, the input's): an
+    // error, not a wait on candle's storage lock.
+    let packed = Tensor::zeros((11, 4), DType::F32, &dev)?;
+    let with_v = FeedForwardState {
+        v: packed.get(10)?,
+        i: s0.i.copy()?,
+        a: s0.a.copy()?,
+    };
+    let e = fused::lif_adex_feed_forward_seq_into(&xs, &with_v, &p, &packed.narrow(0, 0, 10)?)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`spikes` and `v` are views of one storage"),
+        "{e}"
+    );
+    let both = Tensor::zeros((20, 4), DType::F32, &dev)?;
+    let e = fused::lif_adex_feed_forward_step_into(
+        &both.get(0)?,
+        &FeedForwardState::initial(&p, 4, DType::F32, &dev)?,
+        &p,
+        &both.get(1)?,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`spikes` and `xs` are views of one storage"),
+        "{e}"
+    );
+    let e = fused::lif_adex_feed_forward_step_into(
+        &xs.get(0)?,
+        &FeedForwardState::initial(&p, 4, DType::F32, &dev)?,
+        &p,
+        &Tensor::zeros(5, DType::F32, &dev)?,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("input's shape [4], got [5]"), "{e}");
     let e = fused::lif_adex_feed_forward_seq_into(
         xv.as_tensor(),
         &s0,

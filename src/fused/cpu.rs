@@ -4,8 +4,8 @@
 //! # Design (see `../shared/perf/CPU-ROOFLINE.md` for the measurements behind it)
 //! - Neurons are processed in blocks of [`BLOCK`] lanes; for each block the **time loop is the
 //!   outer loop** and the lanes the inner one, so the state stays in the block's local arrays (L1)
-//!   across all `T` steps and the lane loop gives the out-of-order core 8 independent 16-lane
-//!   dependency chains per step.
+//!   across all `T` steps and the lane loop gives the out-of-order core independent dependency
+//!   chains per step (8 AVX-512 vectors, 16 AVX2 ones), evaluated four vectors at a time.
 //! - The lane loop body is [`super::math`] (one scalar definition of the update), which LLVM
 //!   vectorizes in whichever instruction-set context the block loop is instantiated in:
 //!   AVX-512 (`avx512f/bw/vl/dq` + FMA + F16C), AVX2 + FMA + F16C, or the portable baseline
@@ -39,19 +39,26 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// Lanes per block: 8 vectors of 16 f32 lanes.
+/// Lanes per block: 8 AVX-512 vectors of f32 (16 AVX2 vectors).
 pub const BLOCK: usize = 128;
-/// Lanes of one vector group (one AVX-512 vector of f32).
-const VEC: usize = 16;
-/// Vector groups evaluated side by side, operation by operation: 2 x 4 (nested, so that every
-/// loop over groups is short enough to be unrolled rather than vectorized across groups).
+/// Vector groups evaluated side by side, operation by operation (nested, so that every loop
+/// over groups is short enough to be unrolled rather than vectorized across groups).
 const GROUPS: usize = 4;
-/// Lanes evaluated together: `GROUPS` vectors, interleaved.
-pub const PACK: usize = VEC * GROUPS;
-/// Packs per block.
-const NP: usize = BLOCK / PACK;
-/// A pack of compute lanes.
-type P<F> = Multi<Pack<F, VEC>, 4>;
+/// The lanes of one vector group, per instruction-set path (the `V` of the kernels' generic
+/// parameters): one AVX-512 register of f32 (16), and on AVX2 one 256-bit register (8). With 16
+/// lanes on AVX2 a pack spans 8 of its 16 registers per value, and the spills and the masks'
+/// byte conversions cost 1.4-1.7x in forward throughput (measured on an AVX2-only Zen 3).
+const VEC_AVX512: usize = 16;
+const VEC_AVX2: usize = 8;
+/// The AVX2 backward keeps 16-lane groups: 8 measured no faster there (0.23-0.29 G/s against
+/// 0.25-0.44 forward+backward, interleaved runs on the same Zen 3).
+const VEC_AVX2_BWD: usize = 16;
+/// The portable path's groups (SSE2 / NEON); 8 measured no better than 16 on SSE2.
+const VEC_PORTABLE: usize = 16;
+/// The most packs a block holds (with the narrowest groups).
+const MAX_NP: usize = BLOCK / (GROUPS * VEC_AVX2);
+/// A pack of compute lanes: `GROUPS` groups of `V` lanes.
+type P<F, const V: usize> = Multi<Pack<F, V>, GROUPS>;
 
 /// Loading and storing lane groups from slices.
 trait LoadStore<F>: Sized {
@@ -274,31 +281,36 @@ impl<F: Real> Coefs<F> {
 }
 
 impl<F: Copy> BlockCoef<F> {
-    /// The block's parameters as packs.
+    /// The block's parameters as packs of `GROUPS * V` lanes (the first `BLOCK / (GROUPS * V)`
+    /// entries; any after them repeat the first).
     #[inline(always)]
-    fn packs(&self) -> [Coef<P<F>>; NP] {
+    fn packs<const V: usize>(&self) -> [Coef<P<F, V>>; MAX_NP] {
+        let pack = GROUPS * V;
         std::array::from_fn(|p| {
-            Coef::from_array(std::array::from_fn(|k| P::load(&self.lanes[k][p * PACK..])))
+            let p = if p * pack < BLOCK { p } else { 0 };
+            Coef::from_array(std::array::from_fn(|k| {
+                <P<F, V>>::load(&self.lanes[k][p * pack..])
+            }))
         })
     }
 }
 
 /// Where a block's parameters come from, pack by pack: one set splatted to every lane (kept
 /// in registers or broadcast from memory), or per-neuron values gathered for the block.
-trait PackSource<F> {
-    fn pack(&self, p: usize) -> Coef<P<F>>;
+trait PackSource<F, const V: usize> {
+    fn pack(&self, p: usize) -> Coef<P<F, V>>;
 }
 
-impl<F: Real> PackSource<F> for Coef<F> {
+impl<F: Real, const V: usize> PackSource<F, V> for Coef<F> {
     #[inline(always)]
-    fn pack(&self, _p: usize) -> Coef<P<F>> {
+    fn pack(&self, _p: usize) -> Coef<P<F, V>> {
         self.splat()
     }
 }
 
-impl<F: Copy> PackSource<F> for [Coef<P<F>>; NP] {
+impl<F: Copy, const V: usize> PackSource<F, V> for [Coef<P<F, V>>; MAX_NP] {
     #[inline(always)]
-    fn pack(&self, p: usize) -> Coef<P<F>> {
+    fn pack(&self, p: usize) -> Coef<P<F, V>> {
         self[p]
     }
 }
@@ -413,22 +425,22 @@ fn load<E: Elem>(src: &[E], dst: &mut [E::F; BLOCK]) {
 
 /// A pack read from `E` values, converted in registers.
 #[inline(always)]
-fn load_conv<E: Elem>(src: &[E]) -> P<E::F> {
-    let src = &src[..PACK];
-    let mut buf = [<E::F as Real>::ZERO; PACK];
-    for k in 0..PACK {
+fn load_conv<E: Elem, const V: usize>(src: &[E]) -> P<E::F, V> {
+    let src = &src[..GROUPS * V];
+    let mut buf = [<E::F as Real>::ZERO; BLOCK];
+    for k in 0..GROUPS * V {
         buf[k] = src[k].to_f();
     }
-    P::load(&buf)
+    <P<E::F, V>>::load(&buf)
 }
 
 /// A pack written as `O` values.
 #[inline(always)]
-fn store_conv<F: Real, O: Elem>(vals: P<F>, dst: &mut [O]) {
-    let mut f = [F::ZERO; PACK];
+fn store_conv<F: Real, O: Elem, const V: usize>(vals: P<F, V>, dst: &mut [O]) {
+    let mut f = [F::ZERO; BLOCK];
     vals.store(&mut f);
-    let dst = &mut dst[..PACK];
-    for k in 0..PACK {
+    let dst = &mut dst[..GROUPS * V];
+    for k in 0..GROUPS * V {
         dst[k] = O::from_f(<O::F as Real>::from_f64(f[k].to_f64()));
     }
 }
@@ -517,13 +529,14 @@ fn prefetch<T>(p: &[T]) {
 
 /// The forward time loop of one block of lanes `m0..m0+len`.
 #[inline(always)]
-fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+fn fwd_block<const V: usize, const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
     job: &FwdJob<E, O>,
     m0: usize,
     len: usize,
     stream: bool,
-    coef: &impl PackSource<E::F>,
+    coef: &impl PackSource<E::F, V>,
 ) {
+    let pack = GROUPS * V;
     let m = job.m;
     let zero = <E::F as Real>::ZERO;
     let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
@@ -555,28 +568,28 @@ fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>
         }
         // SAFETY: `segment` checks the bounds; this thread alone writes these columns.
         let spikes = unsafe { std::slice::from_raw_parts_mut(job.spikes.segment(t, m0, len), len) };
-        for p in 0..NP {
+        for p in 0..BLOCK / pack {
             let c = &coef.pack(p);
-            let r = p * PACK..(p + 1) * PACK;
+            let r = p * pack..(p + 1) * pack;
             let xp = if direct {
-                load_conv(&job.xs[row.start + p * PACK..row.end])
+                load_conv::<E, V>(&job.xs[row.start + p * pack..row.end])
             } else {
-                P::load(&x[r.clone()])
+                <P<E::F, V>>::load(&x[r.clone()])
             };
-            let ip = P::load(&i[r.clone()]);
+            let ip = <P<E::F, V>>::load(&i[r.clone()]);
             let i_jump = match (SYN, X2) {
                 (false, _) => xp,
                 (true, false) => ip + xp,
-                (true, true) => (ip + xp) + P::load(&x2[r.clone()]),
+                (true, true) => (ip + xp) + <P<E::F, V>>::load(&x2[r.clone()]),
             };
-            let (zp, vp, ap) = math::update::<P<E::F>, FMA>(
+            let (zp, vp, ap) = math::update::<P<E::F, V>, FMA>(
                 c,
-                P::load(&v[r.clone()]),
+                <P<E::F, V>>::load(&v[r.clone()]),
                 i_jump,
-                P::load(&a[r.clone()]),
+                <P<E::F, V>>::load(&a[r.clone()]),
             );
             if direct {
-                store_conv(zp, &mut spikes[p * PACK..]);
+                store_conv(zp, &mut spikes[p * pack..]);
             } else {
                 zp.store(&mut z[r.clone()]);
             }
@@ -609,7 +622,14 @@ fn fwd_block<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>
 }
 
 #[inline(always)]
-fn fwd_blocks<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
+fn fwd_blocks<
+    const V: usize,
+    const FMA: bool,
+    const SYN: bool,
+    const X2: bool,
+    E: Elem,
+    O: Elem,
+>(
     job: &FwdJob<E, O>,
     blocks: Blocks,
     range: Range<usize>,
@@ -618,10 +638,10 @@ fn fwd_blocks<const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem
     for k in range {
         let (m0, len) = blocks.get(k);
         match job.coefs {
-            Coefs::Scalar(c) => fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream, c),
+            Coefs::Scalar(c) => fwd_block::<V, FMA, SYN, X2, E, O>(job, m0, len, stream, c),
             per_neuron => {
-                let packs = per_neuron.block(m0, len).packs();
-                fwd_block::<FMA, SYN, X2, E, O>(job, m0, len, stream, &packs)
+                let packs = per_neuron.block(m0, len).packs::<V>();
+                fwd_block::<V, FMA, SYN, X2, E, O>(job, m0, len, stream, &packs)
             }
         }
     }
@@ -643,12 +663,12 @@ struct Scratch<F> {
 /// prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
+fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     job: &BwdJob<F>,
     t: usize,
     m0: usize,
     len: usize,
-    coef: &impl PackSource<F>,
+    coef: &impl PackSource<F, V>,
     [v, i, a]: [&mut [F; BLOCK]; 3],
     [x, x2]: [&mut [F; BLOCK]; 2],
     mut tape: Option<&mut [[F; BLOCK]; 2]>,
@@ -666,18 +686,22 @@ fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
     if let Some(d) = job.x2 {
         load(&d[row], x2);
     }
-    for p in 0..NP {
+    let pack = GROUPS * V;
+    for p in 0..BLOCK / pack {
         let c = &coef.pack(p);
-        let r = p * PACK..(p + 1) * PACK;
-        let xp = P::load(&x[r.clone()]);
+        let r = p * pack..(p + 1) * pack;
+        let xp = <P<F, V>>::load(&x[r.clone()]);
         // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
         let i_jump = if SYN {
-            (P::load(&i[r.clone()]) + xp) + P::load(&x2[r.clone()])
+            (<P<F, V>>::load(&i[r.clone()]) + xp) + <P<F, V>>::load(&x2[r.clone()])
         } else {
             xp
         };
-        let (vp, ap) = (P::load(&v[r.clone()]), P::load(&a[r.clone()]));
-        let ((_, vn, an), tp) = math::update_taped::<P<F>, FMA>(c, vp, i_jump, ap);
+        let (vp, ap) = (
+            <P<F, V>>::load(&v[r.clone()]),
+            <P<F, V>>::load(&a[r.clone()]),
+        );
+        let ((_, vn, an), tp) = math::update_taped::<P<F, V>, FMA>(c, vp, i_jump, ap);
         if let Some(tape) = tape.as_deref_mut() {
             tp.v_dec.store(&mut tape[0][r.clone()]);
             tp.e.store(&mut tape[1][r.clone()]);
@@ -692,16 +716,17 @@ fn recompute<const FMA: bool, const SYN: bool, F: Compute>(
 
 /// The backward of one block: checkpointed recomputation, then reverse time.
 #[inline(always)]
-fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
+fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     job: &BwdJob<F>,
     m0: usize,
     len: usize,
     stream: bool,
     scratch: &mut Scratch<F>,
-    coef: &impl PackSource<F>,
+    coef: &impl PackSource<F, V>,
 ) {
     let method = SurrogateMethod::ALL[METHOD as usize];
-    let alpha = P::splat(<F as Real>::from_f64(job.alpha));
+    let pack = GROUPS * V;
+    let alpha = <P<F, V>>::splat(<F as Real>::from_f64(job.alpha));
     let (steps, m) = (job.t, job.m);
     let zero = <F as Real>::ZERO;
     let nseg = steps.div_ceil(SEG).max(1);
@@ -716,7 +741,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     let mut x2 = [zero; BLOCK];
     let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..(nseg - 1) * SEG {
-        recompute::<FMA, SYN, F>(
+        recompute::<V, FMA, SYN, F>(
             job,
             t,
             m0,
@@ -745,7 +770,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
         scratch.seg.resize(SEG, [[zero; BLOCK]; 2]);
         for t in t0..t1 {
             let tape = &mut scratch.seg[t - t0];
-            recompute::<FMA, SYN, F>(
+            recompute::<V, FMA, SYN, F>(
                 job,
                 t,
                 m0,
@@ -777,23 +802,23 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
             }
             load(&job.g_spikes[row], &mut gz);
             let tape = &scratch.seg[t - t0];
-            for p in 0..NP {
+            for p in 0..BLOCK / pack {
                 let c = &coef.pack(p);
-                let r = p * PACK..(p + 1) * PACK;
+                let r = p * pack..(p + 1) * pack;
                 let tp = math::Tape {
-                    v_dec: P::load(&tape[0][r.clone()]),
-                    e: P::load(&tape[1][r.clone()]),
+                    v_dec: <P<F, V>>::load(&tape[0][r.clone()]),
+                    e: <P<F, V>>::load(&tape[1][r.clone()]),
                 };
-                let g = math::step_backward::<P<F>, FMA>(
+                let g = math::step_backward::<P<F, V>, FMA>(
                     c,
                     method,
                     alpha,
                     tp,
                     [
-                        P::load(&gz[r.clone()]),
-                        P::load(&gv[r.clone()]),
-                        P::load(&gi[r.clone()]),
-                        P::load(&ga[r.clone()]),
+                        <P<F, V>>::load(&gz[r.clone()]),
+                        <P<F, V>>::load(&gv[r.clone()]),
+                        <P<F, V>>::load(&gi[r.clone()]),
+                        <P<F, V>>::load(&ga[r.clone()]),
                     ],
                 );
                 g.i_jump.store(&mut gx[r.clone()]);
@@ -816,7 +841,7 @@ fn bwd_block<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
 }
 
 #[inline(always)]
-fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
+fn bwd_blocks<const V: usize, const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
@@ -830,11 +855,11 @@ fn bwd_blocks<const FMA: bool, const SYN: bool, const METHOD: u8, F: Compute>(
         let (m0, len) = blocks.get(k);
         match job.coefs {
             Coefs::Scalar(c) => {
-                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, c)
+                bwd_block::<V, FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, c)
             }
             per_neuron => {
-                let packs = per_neuron.block(m0, len).packs();
-                bwd_block::<FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, &packs)
+                let packs = per_neuron.block(m0, len).packs::<V>();
+                bwd_block::<V, FMA, SYN, METHOD, F>(job, m0, len, stream, &mut scratch, &packs)
             }
         }
     }
@@ -871,7 +896,7 @@ mod x86 {
         range: Range<usize>,
         stream: bool,
     ) {
-        fwd_blocks::<true, SYN, X2, E, O>(job, blocks, range, stream)
+        fwd_blocks::<VEC_AVX512, true, SYN, X2, E, O>(job, blocks, range, stream)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
@@ -881,7 +906,7 @@ mod x86 {
         range: Range<usize>,
         stream: bool,
     ) {
-        fwd_blocks::<true, SYN, X2, E, O>(job, blocks, range, stream)
+        fwd_blocks::<VEC_AVX2, true, SYN, X2, E, O>(job, blocks, range, stream)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
@@ -891,7 +916,7 @@ mod x86 {
         range: Range<usize>,
         stream: bool,
     ) {
-        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range, stream)
+        bwd_blocks::<VEC_AVX512, true, SYN, METHOD, F>(job, blocks, range, stream)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
@@ -901,7 +926,7 @@ mod x86 {
         range: Range<usize>,
         stream: bool,
     ) {
-        bwd_blocks::<true, SYN, METHOD, F>(job, blocks, range, stream)
+        bwd_blocks::<VEC_AVX2_BWD, true, SYN, METHOD, F>(job, blocks, range, stream)
     }
 }
 
@@ -923,7 +948,7 @@ fn fwd_dispatch<const SYN: bool, const X2: bool, E: Elem, O: Elem>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::fwd_avx2::<SYN, X2, E, O>(job, blocks, range, stream) },
-        _ => fwd_blocks::<PORTABLE_FMA, SYN, X2, E, O>(job, blocks, range, stream),
+        _ => fwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, SYN, X2, E, O>(job, blocks, range, stream),
     }
 }
 
@@ -958,7 +983,7 @@ fn bwd_dispatch<const SYN: bool, const METHOD: u8, F: Compute>(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::bwd_avx2::<SYN, METHOD, F>(job, blocks, range, stream) },
-        _ => bwd_blocks::<PORTABLE_FMA, SYN, METHOD, F>(job, blocks, range, stream),
+        _ => bwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, SYN, METHOD, F>(job, blocks, range, stream),
     }
 }
 

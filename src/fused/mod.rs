@@ -1417,8 +1417,9 @@ impl candle_core::InplaceOp1 for CopyIn<'_> {
     }
 }
 
-/// The address range of a CPU tensor's elements, for aliasing checks.
-fn byte_range(t: &Tensor) -> Result<(usize, usize)> {
+/// The address of a CPU tensor's storage and the address range of its elements, for aliasing
+/// checks.
+fn byte_range(t: &Tensor) -> Result<(usize, (usize, usize))> {
     let (g, l) = t.storage_and_layout();
     let Storage::Cpu(c) = &*g else {
         bail!("fused AdEx: the CPU kernels need CPU tensors");
@@ -1433,7 +1434,7 @@ fn byte_range(t: &Tensor) -> Result<(usize, usize)> {
         _ => bail!("fused AdEx: unsupported dtype {:?}", t.dtype()),
     };
     let start = base + l.start_offset() * size;
-    Ok((start, start + t.elem_count() * size))
+    Ok((base, (start, start + t.elem_count() * size)))
 }
 
 /// A sequence with caller-owned outputs: spikes written into `spikes`, the state advanced in
@@ -1483,7 +1484,7 @@ fn seq_into<S: StateTensors>(
     }
     let mut ranges: Vec<(&str, (usize, usize))> = Vec::new();
     for (name, t) in S::NAMES.iter().zip(&list).chain([(&"spikes", spikes)]) {
-        let r = byte_range(t)?;
+        let (_, r) = byte_range(t)?;
         for (other, o) in &ranges {
             if r.0 < o.1 && o.0 < r.1 {
                 bail!("{op}: `{name}` and `{other}` share memory; each output needs its own tensor (e.g. `.copy()`)");
@@ -1491,9 +1492,22 @@ fn seq_into<S: StateTensors>(
         }
         ranges.push((name, r));
     }
-    let xs_r = byte_range(xs)?;
+    let (_, xs_r) = byte_range(xs)?;
     if let Some((name, _)) = ranges.iter().find(|(_, o)| xs_r.0 < o.1 && o.0 < xs_r.1) {
         bail!("{op}: the input shares memory with `{name}`, which is written in place");
+    }
+    // The spike buffer's storage stays locked for writing while the kernel reads the input and
+    // the state, so neither may be another view of that storage (candle locks a storage as a
+    // whole: the read would wait on the write forever).
+    // No step or no neuron: nothing to write (and empty tensors' base addresses are dangling).
+    if spikes.elem_count() == 0 {
+        return Ok(());
+    }
+    let (spikes_base, _) = byte_range(spikes)?;
+    for (name, t) in [(&"xs", xs)].into_iter().chain(S::NAMES.iter().zip(&list)) {
+        if byte_range(t)?.0 == spikes_base {
+            bail!("{op}: `spikes` and `{name}` are views of one storage; the spike buffer needs a tensor of its own (e.g. `Tensor::zeros`)");
+        }
     }
     let n = reference::neurons(op, &list[0])?;
     let t = xs.dim(0)?;
@@ -1523,6 +1537,27 @@ fn seq_into<S: StateTensors>(
         FIN_SCRATCH.with(|c| c.set(Some(fin)));
     }
     Ok(())
+}
+
+/// One step with caller-owned outputs: a sequence of length one, with the spike buffer's shape
+/// checked against the step's input (not the length-one sequence's).
+fn step_into<S: StateTensors>(
+    op: &str,
+    neuron: Neuron,
+    x: &Tensor,
+    state: &S,
+    p: &AdexParameters,
+    spikes: &Tensor,
+) -> Result<()> {
+    if spikes.dims() != x.dims() {
+        bail!(
+            "{op}: the spike buffer must have the input's shape {:?}, got {:?}",
+            x.dims(),
+            spikes.dims()
+        );
+    }
+    let (xs, spikes) = (x.unsqueeze(0)?, spikes.unsqueeze(0)?);
+    seq_into(op, neuron, &xs, state, p, &spikes)
 }
 
 /// The largest final-state scratch kept per thread between `*_into` calls (larger states pay
@@ -1599,13 +1634,13 @@ pub fn lif_adex_feed_forward_step_into(
     p: &AdexParameters,
     spikes: &Tensor,
 ) -> Result<()> {
-    seq_into(
+    step_into(
         "lif_adex_feed_forward_step_into",
         Neuron::FeedForward,
-        &x.unsqueeze(0)?,
+        x,
         state,
         p,
-        &spikes.unsqueeze(0)?,
+        spikes,
     )
 }
 
@@ -1616,13 +1651,13 @@ pub fn lif_adex_current_encoder_step_into(
     p: &AdexParameters,
     spikes: &Tensor,
 ) -> Result<()> {
-    seq_into(
+    step_into(
         "lif_adex_current_encoder_step_into",
         Neuron::Encoder,
-        &x.unsqueeze(0)?,
+        x,
         state,
         p,
-        &spikes.unsqueeze(0)?,
+        spikes,
     )
 }
 
