@@ -423,7 +423,8 @@ fn load<E: Elem>(src: &[E], dst: &mut [E::F; BLOCK]) {
     }
 }
 
-/// A pack read from `E` values, converted in registers.
+/// A pack read from `E` values, converted in registers (the buffers of this and
+/// [`store_conv`] are sized for the widest pack; only the first `GROUPS * V` lanes are used).
 #[inline(always)]
 fn load_conv<E: Elem, const V: usize>(src: &[E]) -> P<E::F, V> {
     let src = &src[..GROUPS * V];

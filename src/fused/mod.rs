@@ -1496,13 +1496,13 @@ fn seq_into<S: StateTensors>(
     if let Some((name, _)) = ranges.iter().find(|(_, o)| xs_r.0 < o.1 && o.0 < xs_r.1) {
         bail!("{op}: the input shares memory with `{name}`, which is written in place");
     }
-    // The spike buffer's storage stays locked for writing while the kernel reads the input and
-    // the state, so neither may be another view of that storage (candle locks a storage as a
-    // whole: the read would wait on the write forever).
     // No step or no neuron: nothing to write (and empty tensors' base addresses are dangling).
     if spikes.elem_count() == 0 {
         return Ok(());
     }
+    // The spike buffer's storage stays locked for writing while the kernel reads the input and
+    // the state, so neither may be another view of that storage (candle locks a storage as a
+    // whole: the read would wait on the write forever).
     let (spikes_base, _) = byte_range(spikes)?;
     for (name, t) in [(&"xs", xs)].into_iter().chain(S::NAMES.iter().zip(&list)) {
         if byte_range(t)?.0 == spikes_base {
