@@ -1482,18 +1482,19 @@ fn seq_into<S: StateTensors>(
             bail!("{op}: `{name}` must be contiguous to be written in place");
         }
     }
-    let mut ranges: Vec<(&str, (usize, usize))> = Vec::new();
+    // Each output's storage address and element range, spikes last.
+    let mut outs: Vec<(&str, usize, (usize, usize))> = Vec::new();
     for (name, t) in S::NAMES.iter().zip(&list).chain([(&"spikes", spikes)]) {
-        let (_, r) = byte_range(t)?;
-        for (other, o) in &ranges {
+        let (base, r) = byte_range(t)?;
+        for (other, _, o) in &outs {
             if r.0 < o.1 && o.0 < r.1 {
                 bail!("{op}: `{name}` and `{other}` share memory; each output needs its own tensor (e.g. `.copy()`)");
             }
         }
-        ranges.push((name, r));
+        outs.push((name, base, r));
     }
-    let (_, xs_r) = byte_range(xs)?;
-    if let Some((name, _)) = ranges.iter().find(|(_, o)| xs_r.0 < o.1 && o.0 < xs_r.1) {
+    let (xs_base, xs_r) = byte_range(xs)?;
+    if let Some((name, _, _)) = outs.iter().find(|(_, _, o)| xs_r.0 < o.1 && o.0 < xs_r.1) {
         bail!("{op}: the input shares memory with `{name}`, which is written in place");
     }
     // No step or no neuron: nothing to write (and empty tensors' base addresses are dangling).
@@ -1503,9 +1504,12 @@ fn seq_into<S: StateTensors>(
     // The spike buffer's storage stays locked for writing while the kernel reads the input and
     // the state, so neither may be another view of that storage (candle locks a storage as a
     // whole: the read would wait on the write forever).
-    let (spikes_base, _) = byte_range(spikes)?;
-    for (name, t) in [(&"xs", xs)].into_iter().chain(S::NAMES.iter().zip(&list)) {
-        if byte_range(t)?.0 == spikes_base {
+    let spikes_base = outs[list.len()].1;
+    let reads = outs[..list.len()]
+        .iter()
+        .map(|&(name, base, _)| (name, base));
+    for (name, base) in std::iter::once(("xs", xs_base)).chain(reads) {
+        if base == spikes_base {
             bail!("{op}: `spikes` and `{name}` are views of one storage; the spike buffer needs a tensor of its own (e.g. `Tensor::zeros`)");
         }
     }
