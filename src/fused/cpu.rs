@@ -243,6 +243,62 @@ impl<'a, T> Rows<'a, T> {
     }
 }
 
+/// A `[width]` initial state the forward reads, one block's segment at a time: a borrowed slice,
+/// or the final-state row the same job writes (a step applied in place).
+///
+/// Aliasing its job's final state is sound because the forward loads a block's initial segment
+/// before it stores that block's final segment, and each block (columns `m0..m0+len`) is read
+/// and written by one thread only.
+#[derive(Clone, Copy)]
+pub(crate) struct Init<'a, T> {
+    ptr: *const T,
+    len: usize,
+    _view: PhantomData<&'a [T]>,
+}
+
+// SAFETY: a read view of memory that lives for `'a`; see the type's comment for the aliasing
+// rule that keeps reads and the kernel's writes apart.
+unsafe impl<T: Sync> Send for Init<'_, T> {}
+unsafe impl<T: Sync> Sync for Init<'_, T> {}
+
+impl<'a, T> From<&'a [T]> for Init<'a, T> {
+    fn from(s: &'a [T]) -> Self {
+        Init {
+            ptr: s.as_ptr(),
+            len: s.len(),
+            _view: PhantomData,
+        }
+    }
+}
+
+impl<'a, T> Init<'a, T> {
+    /// The segment `m0..m0+len`, valid until the caller next writes through an aliasing
+    /// [`Rows`] (the forward copies it into registers first).
+    #[inline(always)]
+    fn segment(&self, m0: usize, len: usize) -> &[T] {
+        assert!(m0 + len <= self.len);
+        // SAFETY: in bounds by the assertion; nothing writes these columns while the returned
+        // borrow lives (the type's aliasing rule).
+        unsafe { std::slice::from_raw_parts(self.ptr.add(m0), len) }
+    }
+}
+
+impl<'a, T> Rows<'a, T> {
+    /// The first row as the initial state of the job that writes this row as its final state
+    /// (the state advanced in place).
+    ///
+    /// # Safety
+    /// Only for a [`FwdJob`]'s `v0`/`i0`/`a0` whose matching `last` slot is `self`, so that the
+    /// forward's load-before-store order per block holds (see [`Init`]).
+    pub(crate) unsafe fn as_init(&self) -> Init<'a, T> {
+        Init {
+            ptr: self.ptr,
+            len: self.width,
+            _view: PhantomData,
+        }
+    }
+}
+
 /// Parameters for a call: one set for all neurons, or one per neuron (`[N]` each, the neuron
 /// index being the flat index modulo `N`).
 #[derive(Clone, Debug)]
@@ -323,10 +379,11 @@ pub(crate) struct FwdJob<'a, E: Elem, O: Elem> {
     pub xs: &'a [E],
     /// A second drive `[T, M]` added after the input (the recurrent current), or `None`.
     pub x2: Option<&'a [E]>,
-    /// Initial state `[M]` each; `i0` is `None` for the encoder (no synaptic current).
-    pub v0: &'a [E],
-    pub i0: Option<&'a [E]>,
-    pub a0: &'a [E],
+    /// Initial state `[M]` each; `i0` is `None` for the encoder (no synaptic current). May be
+    /// the `last` rows themselves (see [`Rows::as_init`]).
+    pub v0: Init<'a, E>,
+    pub i0: Option<Init<'a, E>>,
+    pub a0: Init<'a, E>,
     /// Spikes `[T, M]`.
     pub spikes: Rows<'a, O>,
     /// Final state `[1, M]` each (`i` unused for the encoder).
@@ -541,11 +598,12 @@ fn fwd_block<const V: usize, const FMA: bool, const SYN: bool, const X2: bool, E
     let m = job.m;
     let zero = <E::F as Real>::ZERO;
     let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
-    load(&job.v0[m0..m0 + len], &mut v);
-    if let Some(i0) = job.i0 {
-        load(&i0[m0..m0 + len], &mut i);
+    // The initial state first: it may alias the final state stored at the end.
+    load(job.v0.segment(m0, len), &mut v);
+    if let Some(i0) = &job.i0 {
+        load(i0.segment(m0, len), &mut i);
     }
-    load(&job.a0[m0..m0 + len], &mut a);
+    load(job.a0.segment(m0, len), &mut a);
     let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
     let drive2 = if X2 { job.x2 } else { None };
     let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;

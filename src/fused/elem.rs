@@ -15,7 +15,6 @@ pub(crate) trait Elem: WithDType + Copy + Send + Sync + 'static {
     fn to_f(self) -> Self::F;
     /// Only ever given 0 or 1 for `u8`.
     fn from_f(x: Self::F) -> Self;
-    fn slice_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]>;
 }
 
 /// A compute precision that is also a storage type (f32, f64): what the backward kernel reads
@@ -24,16 +23,10 @@ pub(crate) trait Compute: Real + Elem<F = Self> {}
 impl<T: Real + Elem<F = T>> Compute for T {}
 
 macro_rules! elem {
-    ($t:ty, $var:ident, $f:ty, $nil:expr, |$x:ident| $to:expr, |$y:ident| $from:expr) => {
+    ($t:ty, $f:ty, $nil:expr, |$x:ident| $to:expr, |$y:ident| $from:expr) => {
         impl Elem for $t {
             type F = $f;
             const NIL: Self = $nil;
-            fn slice_mut(s: &mut candle_core::CpuStorage) -> Option<&mut [Self]> {
-                match s {
-                    candle_core::CpuStorage::$var(v) => Some(v),
-                    _ => None,
-                }
-            }
             #[inline(always)]
             fn to_f(self) -> $f {
                 let $x = self;
@@ -47,25 +40,19 @@ macro_rules! elem {
     };
 }
 
-elem!(f32, F32, f32, 0.0, |x| x, |y| y);
-elem!(f64, F64, f64, 0.0, |x| x, |y| y);
-elem!(u8, U8, f32, 0, |x| x as f32, |y| (y != 0.0) as u8);
+elem!(f32, f32, 0.0, |x| x, |y| y);
+elem!(f64, f64, 0.0, |x| x, |y| y);
+elem!(u8, f32, 0, |x| x as f32, |y| (y != 0.0) as u8);
 elem!(
     bf16,
-    BF16,
     f32,
     bf16::ZERO,
     |x| f32::from_bits((x.to_bits() as u32) << 16),
     |y| bf16::from_bits(f32_to_bf16_bits(y))
 );
-elem!(
-    f16,
-    F16,
-    f32,
-    f16::ZERO,
-    |x| f16_bits_to_f32(x.to_bits()),
-    |y| f16::from_bits(f32_to_f16_bits(y))
-);
+elem!(f16, f32, f16::ZERO, |x| f16_bits_to_f32(x.to_bits()), |y| {
+    f16::from_bits(f32_to_f16_bits(y))
+});
 
 /// f32 to bf16 bits, rounding to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]

@@ -44,6 +44,7 @@ mod event;
 mod gpu;
 #[cfg(test)]
 mod header_check;
+mod inplace;
 pub(crate) mod math;
 #[cfg(feature = "metal")]
 pub mod metal;
@@ -333,9 +334,9 @@ impl SeqOp {
                 m,
                 xs,
                 x2,
-                v0,
-                i0,
-                a0,
+                v0: v0.into(),
+                i0: i0.map(Into::into),
+                a0: a0.into(),
                 spikes,
                 last: slots(self.neuron, last),
                 record: self.record.then(|| slots(self.neuron, rec)),
@@ -733,9 +734,9 @@ fn infer_typed<E: Elem, O: Elem>(
             m,
             xs: xs_s,
             x2: x2_s,
-            v0,
-            i0,
-            a0,
+            v0: v0.into(),
+            i0: i0.map(Into::into),
+            a0: a0.into(),
             spikes: Rows::new(&mut spikes, t, m),
             last: slots(neuron, last),
             record: record.then(|| slots(neuron, recorded)),
@@ -1277,164 +1278,44 @@ pub fn lif_adex_seq_with(
     })
 }
 
-/// The kernel writing into a caller's spike buffer (applied in place); the final state goes to
-/// `fin` and is copied into the state tensors afterwards.
-struct IntoOp<'a> {
+/// The forward kernel on caller buffers: spikes into `spikes` (dtype `E` or `u8`), the state
+/// read and advanced in place (each block loads its initial state before it stores the final
+/// one, see [`cpu::Init`]).
+fn run_into<E: Elem, O: Elem>(
     neuron: Neuron,
-    xs: &'a Tensor,
-    state: &'a [Tensor],
-    coefs: &'a AnyCoefs,
-    fin: std::sync::Mutex<Option<CpuStorage>>,
-}
-
-impl IntoOp<'_> {
-    fn run<E: Elem, O: Elem>(
-        &self,
-        out: &mut CpuStorage,
-        layout: &Layout,
-        coefs: &Coefs<E::F>,
-    ) -> Result<()> {
-        let (t, m) = self.xs.dims2()?;
-        let Some((a, b)) = layout.contiguous_offsets() else {
-            bail!("fused AdEx: the spike buffer must be contiguous");
+    xs: &Tensor,
+    state: &[Tensor],
+    spikes: &Tensor,
+    coefs: &Coefs<E::F>,
+) -> Result<()> {
+    let (t, m) = xs.dims2()?;
+    inplace::with_views::<E, O, _>(xs, state, spikes, |xs, state, out| {
+        let last = slots(
+            neuron,
+            state.into_iter().map(|s| Rows::new(s, 1, m)).collect(),
+        );
+        // SAFETY: each view becomes the initial state of the job whose `last` slot it reads.
+        let [v0, i0, a0] = last
+            .each_ref()
+            .map(|r| r.as_ref().map(|r| unsafe { r.as_init() }));
+        let (Some(v0), Some(a0)) = (v0, a0) else {
+            bail!("fused AdEx: missing state tensors");
         };
-        let Some(out) = O::slice_mut(out) else {
-            bail!("fused AdEx: spike buffer dtype mismatch");
-        };
-        let out = &mut out[a..b];
-        let guards: Vec<_> = std::iter::once(self.xs)
-            .chain(self.state.iter())
-            .map(|t| t.storage_and_layout())
-            .collect();
-        let mut slices = Vec::with_capacity(guards.len());
-        for (g, l) in &guards {
-            let Storage::Cpu(c) = &**g else {
-                bail!("fused AdEx: the CPU kernels need CPU tensors");
-            };
-            slices.push(data::<E>(c, l, "input")?);
-        }
-        let s = self.state.len();
-        // The final state goes to a scratch buffer (the state tensors are being read), reused
-        // from the last call on this thread when it fits: a fresh one costs page faults that,
-        // for a single step, take longer than the kernel. The kernel writes all of it.
-        let reusable = |c: &CpuStorage| E::cpu_storage_as_slice(c).is_ok_and(|b| b.len() >= s * m);
-        let mut fin = match self.fin.lock().expect("unpoisoned").take() {
-            Some(c) if reusable(&c) => c,
-            _ => E::to_cpu_storage_owned(zeros::<E>(s * m)),
-        };
-        {
-            let (v0, i0, a0) = match self.neuron {
-                Neuron::FeedForward => (slices[1], Some(slices[2]), slices[3]),
-                Neuron::Encoder => (slices[1], None, slices[2]),
-            };
-            let Some(buf) = E::slice_mut(&mut fin) else {
-                bail!("fused AdEx: state scratch dtype mismatch");
-            };
-            let last = split_rows(&mut buf[..s * m], m, &vec![1; s]);
-            let job = FwdJob {
-                t,
-                m,
-                xs: slices[0],
-                x2: None,
-                v0,
-                i0,
-                a0,
-                spikes: Rows::new(out, t, m),
-                last: slots(self.neuron, last),
-                record: None,
-                coefs,
-            };
-            cpu::forward(&job);
-        }
-        *self.fin.lock().expect("unpoisoned") = Some(fin);
+        cpu::forward(&FwdJob {
+            t,
+            m,
+            xs,
+            x2: None,
+            v0,
+            i0,
+            a0,
+            spikes: Rows::new(out, t, m),
+            last,
+            record: None,
+            coefs,
+        });
         Ok(())
-    }
-}
-
-impl candle_core::InplaceOp1 for IntoOp<'_> {
-    fn name(&self) -> &'static str {
-        "adex-seq-into"
-    }
-
-    fn cpu_fwd(&self, out: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let spikes_u8 = out.dtype() == DType::U8;
-        macro_rules! go {
-            ($e:ty, $c:expr) => {
-                if spikes_u8 {
-                    self.run::<$e, u8>(out, layout, $c)
-                } else {
-                    self.run::<$e, $e>(out, layout, $c)
-                }
-            };
-        }
-        match (self.xs.dtype(), self.coefs) {
-            (DType::F32, AnyCoefs::F32(c)) => go!(f32, c),
-            (DType::F16, AnyCoefs::F32(c)) => go!(f16, c),
-            (DType::BF16, AnyCoefs::F32(c)) => go!(bf16, c),
-            (DType::F64, AnyCoefs::F64(c)) => go!(f64, c),
-            (dt, _) => bail!("fused AdEx: unsupported dtype {dt:?}"),
-        }
-    }
-}
-
-/// Copies `len` values from `src` at `offset` into a tensor, in place.
-struct CopyIn<'a> {
-    src: &'a CpuStorage,
-    offset: usize,
-    len: usize,
-}
-
-impl candle_core::InplaceOp1 for CopyIn<'_> {
-    fn name(&self) -> &'static str {
-        "adex-copy-in"
-    }
-
-    fn cpu_fwd(&self, dst: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        fn copy<E: Elem>(
-            src: &CpuStorage,
-            dst: &mut CpuStorage,
-            at: (usize, usize),
-            off: usize,
-            len: usize,
-        ) -> Result<()> {
-            let (Ok(s), Some(d)) = (E::cpu_storage_as_slice(src), E::slice_mut(dst)) else {
-                bail!("fused AdEx: state dtype mismatch");
-            };
-            d[at.0..at.1].copy_from_slice(&s[off..off + len]);
-            Ok(())
-        }
-        let Some(at) = layout.contiguous_offsets() else {
-            bail!("fused AdEx: the state tensors must be contiguous");
-        };
-        let (src, off, len) = (self.src, self.offset, self.len);
-        match dst.dtype() {
-            DType::F32 => copy::<f32>(src, dst, at, off, len),
-            DType::F64 => copy::<f64>(src, dst, at, off, len),
-            DType::F16 => copy::<f16>(src, dst, at, off, len),
-            DType::BF16 => copy::<bf16>(src, dst, at, off, len),
-            dt => bail!("fused AdEx: unsupported dtype {dt:?}"),
-        }
-    }
-}
-
-/// The address of a CPU tensor's storage and the address range of its elements, for aliasing
-/// checks.
-fn byte_range(t: &Tensor) -> Result<(usize, (usize, usize))> {
-    let (g, l) = t.storage_and_layout();
-    let Storage::Cpu(c) = &*g else {
-        bail!("fused AdEx: the CPU kernels need CPU tensors");
-    };
-    let size = t.dtype().size_in_bytes();
-    let base = match c {
-        CpuStorage::U8(v) => v.as_ptr() as usize,
-        CpuStorage::F32(v) => v.as_ptr() as usize,
-        CpuStorage::F64(v) => v.as_ptr() as usize,
-        CpuStorage::F16(v) => v.as_ptr() as usize,
-        CpuStorage::BF16(v) => v.as_ptr() as usize,
-        _ => bail!("fused AdEx: unsupported dtype {:?}", t.dtype()),
-    };
-    let start = base + l.start_offset() * size;
-    Ok((base, (start, start + t.elem_count() * size)))
+    })
 }
 
 /// A sequence with caller-owned outputs: spikes written into `spikes`, the state advanced in
@@ -1482,65 +1363,46 @@ fn seq_into<S: StateTensors>(
             bail!("{op}: `{name}` must be contiguous to be written in place");
         }
     }
-    // Each output's storage address and element range, spikes last.
-    let mut outs: Vec<(&str, usize, (usize, usize))> = Vec::new();
+    // Each output's element range, spikes last: none may overlap another, nor the input.
+    let mut outs: Vec<(&str, inplace::Place)> = Vec::new();
     for (name, t) in S::NAMES.iter().zip(&list).chain([(&"spikes", spikes)]) {
-        let (base, r) = byte_range(t)?;
-        for (other, _, o) in &outs {
-            if r.0 < o.1 && o.0 < r.1 {
-                bail!("{op}: `{name}` and `{other}` share memory; each output needs its own tensor (e.g. `.copy()`)");
-            }
+        let r = inplace::Place::of(t)?;
+        if let Some((other, _)) = outs.iter().find(|(_, o)| o.overlaps(&r)) {
+            bail!("{op}: `{name}` and `{other}` share memory; each output needs its own tensor (e.g. `.copy()`)");
         }
-        outs.push((name, base, r));
+        outs.push((name, r));
     }
-    let (xs_base, xs_r) = byte_range(xs)?;
-    if let Some((name, _, _)) = outs.iter().find(|(_, _, o)| xs_r.0 < o.1 && o.0 < xs_r.1) {
+    let xs_r = inplace::Place::of(xs)?;
+    if let Some((name, _)) = outs.iter().find(|(_, o)| o.overlaps(&xs_r)) {
         bail!("{op}: the input shares memory with `{name}`, which is written in place");
     }
-    // No step or no neuron: nothing to write (and empty tensors' base addresses are dangling).
+    // No step or no neuron: nothing to write.
     if spikes.elem_count() == 0 {
         return Ok(());
-    }
-    // The spike buffer's storage stays locked for writing while the kernel reads the input and
-    // the state, so neither may be another view of that storage (candle locks a storage as a
-    // whole: the read would wait on the write forever).
-    let spikes_base = outs[list.len()].1;
-    let reads = outs[..list.len()]
-        .iter()
-        .map(|&(name, base, _)| (name, base));
-    for (name, base) in std::iter::once(("xs", xs_base)).chain(reads) {
-        if base == spikes_base {
-            bail!("{op}: `spikes` and `{name}` are views of one storage; the spike buffer needs a tensor of its own (e.g. `Tensor::zeros`)");
-        }
     }
     let n = reference::neurons(op, &list[0])?;
     let t = xs.dim(0)?;
     let m = list[0].elem_count();
-    let xs_f = xs.reshape((t, m))?.contiguous()?;
+    let xs = xs.reshape((t, m))?.contiguous()?;
+    let list: Vec<Tensor> = list.iter().map(|s| s.reshape(m)).collect::<Result<_>>()?;
+    let spikes = spikes.reshape((t, m))?;
     let coefs = AnyCoefs::new(p, n, xs.dtype(), xs.device())?;
-    let into = IntoOp {
-        neuron,
-        xs: &xs_f,
-        state: &list,
-        coefs: &coefs,
-        fin: std::sync::Mutex::new(FIN_SCRATCH.with(|c| c.take())),
-    };
-    spikes.inplace_op1(&into)?;
-    let fin = into.fin.into_inner().expect("unpoisoned");
-    let Some(fin) = fin else {
-        bail!("{op}: the kernel did not run");
-    };
-    for (k, s) in list.iter().enumerate() {
-        s.inplace_op1(&CopyIn {
-            src: &fin,
-            offset: k * m,
-            len: m,
-        })?;
+    macro_rules! go {
+        ($e:ty, $c:expr) => {
+            if spikes.dtype() == DType::U8 {
+                run_into::<$e, u8>(neuron, &xs, &list, &spikes, $c)
+            } else {
+                run_into::<$e, $e>(neuron, &xs, &list, &spikes, $c)
+            }
+        };
     }
-    if list.len() * m * xs.dtype().size_in_bytes() <= FIN_SCRATCH_BYTES {
-        FIN_SCRATCH.with(|c| c.set(Some(fin)));
+    match (xs.dtype(), &coefs) {
+        (DType::F32, AnyCoefs::F32(c)) => go!(f32, c),
+        (DType::F16, AnyCoefs::F32(c)) => go!(f16, c),
+        (DType::BF16, AnyCoefs::F32(c)) => go!(bf16, c),
+        (DType::F64, AnyCoefs::F64(c)) => go!(f64, c),
+        (dt, _) => bail!("{op}: unsupported dtype {dt:?}"),
     }
-    Ok(())
 }
 
 /// One step with caller-owned outputs: a sequence of length one, with the spike buffer's shape
@@ -1564,20 +1426,13 @@ fn step_into<S: StateTensors>(
     seq_into(op, neuron, &xs, state, p, &spikes)
 }
 
-/// The largest final-state scratch kept per thread between `*_into` calls (larger states pay
-/// a fresh buffer per call, which their kernels amortize).
-const FIN_SCRATCH_BYTES: usize = 16 << 20;
-
-thread_local! {
-    /// The final-state scratch of the last `*_into` call on this thread (see [`IntoOp`]).
-    static FIN_SCRATCH: std::cell::Cell<Option<CpuStorage>> = const { std::cell::Cell::new(None) };
-}
-
 /// Inference with caller-owned buffers: runs the feed-forward sequence `xs [T, ..., N]`, writes
 /// the spikes into `spikes` (same shape; the input's dtype or `u8`) and advances `state` in
 /// place. No output is allocated, so repeated calls avoid the page faults of fresh buffers
-/// (which on some machines cost more than the kernel). Each state tensor and `spikes` must be
-/// contiguous and own its memory (states from [`FeedForwardState::initial`] do).
+/// (which on some machines cost more than the kernel), and the state is read and written in
+/// place (no copy of it is made). Each state tensor and `spikes` must be contiguous and overlap
+/// neither each other nor the input; disjoint views of one storage are fine (each storage is
+/// locked once, in address order).
 ///
 /// ```
 /// use candle_adex::{fused, AdexParameters, FeedForwardState};
