@@ -45,13 +45,14 @@ pub struct Sequence<S> {
 
 /// A state as a list of tensors, so that one generic driver serves every neuron kind.
 pub(crate) trait StateTensors: Sized {
+    /// The tensors' names in error messages (`state.v`, ...), in list order.
     const NAMES: &'static [&'static str];
     fn to_list(&self) -> Vec<Tensor>;
     fn from_list(list: Vec<Tensor>) -> Self;
 }
 
 impl StateTensors for FeedForwardState {
-    const NAMES: &'static [&'static str] = &["v", "i", "a"];
+    const NAMES: &'static [&'static str] = &["state.v", "state.i", "state.a"];
     fn to_list(&self) -> Vec<Tensor> {
         self.tensors().into_iter().cloned().collect()
     }
@@ -62,7 +63,7 @@ impl StateTensors for FeedForwardState {
 }
 
 impl StateTensors for RecurrentState {
-    const NAMES: &'static [&'static str] = &["z", "v", "i", "a"];
+    const NAMES: &'static [&'static str] = &["state.z", "state.v", "state.i", "state.a"];
     fn to_list(&self) -> Vec<Tensor> {
         self.tensors().into_iter().cloned().collect()
     }
@@ -73,7 +74,7 @@ impl StateTensors for RecurrentState {
 }
 
 impl StateTensors for EncoderState {
-    const NAMES: &'static [&'static str] = &["v", "a"];
+    const NAMES: &'static [&'static str] = &["state.v", "state.a"];
     fn to_list(&self) -> Vec<Tensor> {
         self.tensors().into_iter().cloned().collect()
     }
@@ -244,7 +245,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// and (when `shape` is given) has that shape.
 pub(crate) fn check_same(op: &str, items: &[(&str, &Tensor)], shape: Option<&Shape>) -> Result<()> {
     let (first_name, first) = items[0];
-    check_float(first.dtype(), &format!("{op}: {first_name}"))?;
+    check_float(first.dtype(), format_args!("{op}: {first_name}"))?;
     for (name, t) in items {
         if t.dtype() != first.dtype() {
             bail!(
@@ -283,15 +284,6 @@ pub(crate) fn neurons(op: &str, t: &Tensor) -> Result<usize> {
     }
 }
 
-/// Names of a state's tensors, prefixed with `state.`.
-fn state_items<S: StateTensors>(list: &[Tensor]) -> Vec<(String, &Tensor)> {
-    S::NAMES
-        .iter()
-        .zip(list)
-        .map(|(n, t)| (format!("state.{n}"), t))
-        .collect()
-}
-
 /// Validates `x` (one step, `[..., K]`) and a state list against each other; returns the state
 /// shape. `input_matches_state` requires `x` to have the state's shape (feed-forward, encoder).
 pub(crate) fn check_step<S: StateTensors>(
@@ -301,9 +293,8 @@ pub(crate) fn check_step<S: StateTensors>(
     state: &[Tensor],
     input_matches_state: bool,
 ) -> Result<Shape> {
-    let named = state_items::<S>(state);
     let mut items: Vec<(&str, &Tensor)> = vec![("input", x)];
-    items.extend(named.iter().map(|(n, t)| (n.as_str(), *t)));
+    items.extend(S::NAMES.iter().copied().zip(state));
     check_same(op, &items, None)?;
     let shape = state[0].shape().clone();
     check_same(op, &items[1..], Some(&shape))?;

@@ -47,7 +47,7 @@ fn leak_potential(
     dtype: DType,
     device: &Device,
 ) -> Result<Tensor> {
-    check_float(dtype, "initial state")?;
+    check_float(dtype, format_args!("initial state"))?;
     let n = shape.dims().last().copied().unwrap_or(1);
     p.validate_for(n, device)?;
     let v = p.v_leak.tensor(dtype, device, None)?.broadcast_as(shape)?;
@@ -60,7 +60,7 @@ fn leak_potential(
     }
 }
 
-pub(crate) fn check_float(dtype: DType, what: &str) -> Result<()> {
+pub(crate) fn check_float(dtype: DType, what: std::fmt::Arguments) -> Result<()> {
     match dtype {
         DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(()),
         other => bail!("{what}: dtype {other:?} is not supported (use f32, f64, f16 or bf16)"),

@@ -96,11 +96,7 @@ impl InplaceOp1 for Hold<'_, '_> {
 
 /// Runs `body` with the storages of `ts` write-locked (in the order given), passing their data
 /// pointers in that order; the pointers are valid until `body` returns.
-fn lock_all<'b>(
-    ts: &[&Tensor],
-    held: &mut Vec<Held>,
-    body: &mut Body<'b>,
-) -> Result<()> {
+fn lock_all<'b>(ts: &[&Tensor], held: &mut Vec<Held>, body: &mut Body<'b>) -> Result<()> {
     match ts.split_first() {
         None => body(held),
         Some((t, rest)) => t.inplace_op1(&Hold {
@@ -111,40 +107,60 @@ fn lock_all<'b>(
     }
 }
 
-/// Runs `f` on the elements of `read` (dtype `E`), of each tensor of `write` (dtype `E`) and
-/// of `out` (dtype `O`), with every storage among them locked for writing while `f` runs.
+/// Runs `f` on the elements of `read` (the input, dtype `E`), of each tensor of `write` (dtype
+/// `E`, named by `names` in errors) and of `spikes` (dtype `O`), with every storage among them
+/// locked for writing while `f` runs.
 ///
-/// Fails, before locking anything, unless every tensor is a contiguous CPU tensor of its
-/// dtype and no written range (`write`, `out`) overlaps another range of the call. Written
-/// tensors may be disjoint views of one storage, and may share a storage with `read`.
+/// Fails, naming the tensors (prefixed with `op`), before locking anything unless every tensor
+/// is a contiguous CPU tensor of its dtype and no written range (`write`, `spikes`) overlaps
+/// another range of the call. Written tensors may be disjoint views of one storage, and may
+/// share a storage with `read`.
 pub(crate) fn with_views<E: Elem, O: Elem, R>(
+    op: &str,
     read: &Tensor,
     write: &[Tensor],
-    out: &Tensor,
+    names: &[&str],
+    spikes: &Tensor,
     f: impl FnOnce(&[E], Vec<&mut [E]>, &mut [O]) -> Result<R>,
 ) -> Result<R> {
-    let all: Vec<(&Tensor, DType)> = std::iter::once((read, E::DTYPE))
-        .chain(write.iter().map(|t| (t, E::DTYPE)))
-        .chain(std::iter::once((out, O::DTYPE)))
+    let all: Vec<(&Tensor, DType, &str)> = std::iter::once((read, E::DTYPE, "input"))
+        .chain(
+            write
+                .iter()
+                .zip(names)
+                .map(|(t, &name)| (t, E::DTYPE, name)),
+        )
+        .chain(std::iter::once((spikes, O::DTYPE, "spikes")))
         .collect();
-    let mut places = Vec::with_capacity(all.len());
-    for &(t, dtype) in &all {
+    if all.len() != write.len() + 2 {
+        bail!(
+            "{op}: {} names for {} state tensors",
+            names.len(),
+            write.len()
+        );
+    }
+    let mut places: Vec<Place> = Vec::with_capacity(all.len());
+    for (k, &(t, dtype, name)) in all.iter().enumerate() {
         if t.dtype() != dtype {
             bail!(
-                "fused AdEx: a buffer has dtype {:?}, expected {dtype:?}",
+                "{op}: `{name}` has dtype {:?}, expected {dtype:?}",
                 t.dtype()
             );
         }
         if !t.is_contiguous() {
-            bail!("fused AdEx: caller buffers must be contiguous");
+            bail!("{op}: `{name}` must be contiguous to be written in place");
         }
-        places.push(Place::of(t)?);
-    }
-    // Every range after the first (the read) is written: none may overlap any other.
-    for k in 1..places.len() {
-        if places[..k].iter().any(|p| p.overlaps(&places[k])) {
-            bail!("fused AdEx: caller buffers overlap");
+        let p = Place::of(t)?;
+        // Every range after the first (the read) is written: none may overlap another.
+        if let Some(j) = places.iter().position(|o| o.overlaps(&p)) {
+            if j == 0 {
+                bail!("{op}: the input shares memory with `{name}`, which is written in place");
+            }
+            let other = all[j].2;
+            bail!("{op}: `{other}` and `{name}` share memory; each output needs its own tensor (e.g. `.copy()`)");
         }
+        debug_assert_eq!(places.len(), k);
+        places.push(p);
     }
     // One tensor per distinct storage, in address order.
     let mut order: Vec<usize> = (0..all.len()).collect();
@@ -163,7 +179,7 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
                 let j = order.partition_point(|&k| places[k].base < p.base);
                 let (ptr, bytes) = held[j];
                 if ptr as usize != p.base || p.end > p.base + bytes {
-                    bail!("fused AdEx: a buffer's storage changed during the call");
+                    bail!("{op}: a buffer's storage changed during the call");
                 }
                 // SAFETY: `start - base <= bytes` (checked above), so the offset stays inside (or
                 // one past the end of) the locked storage's allocation.
@@ -175,18 +191,18 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
             // and a storage of dtype `E` holds a `Vec<E>`, so the spans are aligned; the written
             // spans overlap neither each other nor the read span (checked above), so the `&mut`
             // views are exclusive.
-            let (xs, states, spikes) = unsafe {
+            let (xs, states, out) = unsafe {
                 (
                     view::<E>(spans.next().expect("read span")),
                     write
                         .iter()
                         .map(|_| view_mut::<E>(spans.next().expect("state span")))
                         .collect::<Vec<_>>(),
-                    view_mut::<O>(spans.next().expect("out span")),
+                    view_mut::<O>(spans.next().expect("spike span")),
                 )
             };
             let f = f.take().expect("the body runs once");
-            result = Some(f(xs, states, spikes));
+            result = Some(f(xs, states, out));
             Ok(())
         },
     )?;

@@ -1278,18 +1278,21 @@ pub fn lif_adex_seq_with(
     })
 }
 
-/// The forward kernel on caller buffers: spikes into `spikes` (dtype `E` or `u8`), the state
-/// read and advanced in place (each block loads its initial state before it stores the final
-/// one, see [`cpu::Init`]).
+/// The forward kernel on caller buffers: `xs` is `[t, m]` (contiguous), spikes go into
+/// `spikes` (dtype `E` or `u8`), the state is read and advanced in place (each block loads its
+/// initial state before it stores the final one, see [`cpu::Init`]).
+#[allow(clippy::too_many_arguments)]
 fn run_into<E: Elem, O: Elem>(
+    op: &str,
     neuron: Neuron,
     xs: &Tensor,
+    (t, m): (usize, usize),
     state: &[Tensor],
+    names: &[&str],
     spikes: &Tensor,
     coefs: &Coefs<E::F>,
 ) -> Result<()> {
-    let (t, m) = xs.dims2()?;
-    inplace::with_views::<E, O, _>(xs, state, spikes, |xs, state, out| {
+    inplace::with_views::<E, O, _>(op, xs, state, names, spikes, |xs, state, out| {
         let last = slots(
             neuron,
             state.into_iter().map(|s| Rows::new(s, 1, m)).collect(),
@@ -1299,7 +1302,7 @@ fn run_into<E: Elem, O: Elem>(
             .each_ref()
             .map(|r| r.as_ref().map(|r| unsafe { r.as_init() }));
         let (Some(v0), Some(a0)) = (v0, a0) else {
-            bail!("fused AdEx: missing state tensors");
+            bail!("{op}: missing state tensors");
         };
         cpu::forward(&FwdJob {
             t,
@@ -1318,19 +1321,20 @@ fn run_into<E: Elem, O: Elem>(
     })
 }
 
-/// A sequence with caller-owned outputs: spikes written into `spikes`, the state advanced in
-/// place.
-fn seq_into<S: StateTensors>(
+/// The caller-buffer calls: `xs` holds `steps` steps of shape `step_dims`, which must be the
+/// state's shape (`[T, ...]` for a sequence, the state's own shape for one step), `spikes` has
+/// the shape of `xs`, and the state is advanced in place.
+fn into<S: StateTensors>(
     op: &str,
     neuron: Neuron,
     xs: &Tensor,
+    (steps, step_dims): (usize, &[usize]),
     state: &S,
     p: &AdexParameters,
     spikes: &Tensor,
 ) -> Result<()> {
-    reference::check_sequence_input(op, xs)?;
     let list = state.to_list();
-    reference::check_step::<S>(op, xs, &xs.dims()[1..], &list, true)?;
+    reference::check_step::<S>(op, xs, step_dims, &list, true)?;
     check_supported(op, p, xs.device())?;
     if !xs.device().is_cpu() {
         bail!(
@@ -1358,41 +1362,20 @@ fn seq_into<S: StateTensors>(
     if !spikes.device().is_cpu() {
         bail!("{op}: the spike buffer must be on the CPU");
     }
-    for (name, t) in S::NAMES.iter().zip(&list).chain([(&"spikes", spikes)]) {
-        if !t.is_contiguous() {
-            bail!("{op}: `{name}` must be contiguous to be written in place");
-        }
-    }
-    // Each output's element range, spikes last: none may overlap another, nor the input.
-    let mut outs: Vec<(&str, inplace::Place)> = Vec::new();
-    for (name, t) in S::NAMES.iter().zip(&list).chain([(&"spikes", spikes)]) {
-        let r = inplace::Place::of(t)?;
-        if let Some((other, _)) = outs.iter().find(|(_, o)| o.overlaps(&r)) {
-            bail!("{op}: `{name}` and `{other}` share memory; each output needs its own tensor (e.g. `.copy()`)");
-        }
-        outs.push((name, r));
-    }
-    let xs_r = inplace::Place::of(xs)?;
-    if let Some((name, _)) = outs.iter().find(|(_, o)| o.overlaps(&xs_r)) {
-        bail!("{op}: the input shares memory with `{name}`, which is written in place");
-    }
+    let n = reference::neurons(op, &list[0])?;
+    let m = list[0].elem_count();
     // No step or no neuron: nothing to write.
-    if spikes.elem_count() == 0 {
+    if steps * m == 0 {
         return Ok(());
     }
-    let n = reference::neurons(op, &list[0])?;
-    let t = xs.dim(0)?;
-    let m = list[0].elem_count();
-    let xs = xs.reshape((t, m))?.contiguous()?;
-    let list: Vec<Tensor> = list.iter().map(|s| s.reshape(m)).collect::<Result<_>>()?;
-    let spikes = spikes.reshape((t, m))?;
+    let xs = xs.contiguous()?;
     let coefs = AnyCoefs::new(p, n, xs.dtype(), xs.device())?;
     macro_rules! go {
         ($e:ty, $c:expr) => {
             if spikes.dtype() == DType::U8 {
-                run_into::<$e, u8>(neuron, &xs, &list, &spikes, $c)
+                run_into::<$e, u8>(op, neuron, &xs, (steps, m), &list, S::NAMES, spikes, $c)
             } else {
-                run_into::<$e, $e>(neuron, &xs, &list, &spikes, $c)
+                run_into::<$e, $e>(op, neuron, &xs, (steps, m), &list, S::NAMES, spikes, $c)
             }
         };
     }
@@ -1405,8 +1388,28 @@ fn seq_into<S: StateTensors>(
     }
 }
 
-/// One step with caller-owned outputs: a sequence of length one, with the spike buffer's shape
-/// checked against the step's input (not the length-one sequence's).
+/// A sequence `xs [T, ...]` with caller-owned outputs.
+fn seq_into<S: StateTensors>(
+    op: &str,
+    neuron: Neuron,
+    xs: &Tensor,
+    state: &S,
+    p: &AdexParameters,
+    spikes: &Tensor,
+) -> Result<()> {
+    reference::check_sequence_input(op, xs)?;
+    into(
+        op,
+        neuron,
+        xs,
+        (xs.dim(0)?, &xs.dims()[1..]),
+        state,
+        p,
+        spikes,
+    )
+}
+
+/// One step with caller-owned outputs (`x` of the state's shape).
 fn step_into<S: StateTensors>(
     op: &str,
     neuron: Neuron,
@@ -1415,15 +1418,7 @@ fn step_into<S: StateTensors>(
     p: &AdexParameters,
     spikes: &Tensor,
 ) -> Result<()> {
-    if spikes.dims() != x.dims() {
-        bail!(
-            "{op}: the spike buffer must have the input's shape {:?}, got {:?}",
-            x.dims(),
-            spikes.dims()
-        );
-    }
-    let (xs, spikes) = (x.unsqueeze(0)?, spikes.unsqueeze(0)?);
-    seq_into(op, neuron, &xs, state, p, &spikes)
+    into(op, neuron, x, (1, x.dims()), state, p, spikes)
 }
 
 /// Inference with caller-owned buffers: runs the feed-forward sequence `xs [T, ..., N]`, writes
