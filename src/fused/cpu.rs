@@ -585,6 +585,25 @@ fn prefetch<T>(p: &[T]) {
     let _ = p;
 }
 
+/// Prefetches the block's inputs (columns `m0..m0+len` of the `[steps, m]` drives) of the step
+/// [`PREFETCH_ROWS`] after step `t`, if there is one.
+#[inline(always)]
+fn prefetch_ahead<T>(
+    xs: &[T],
+    x2: Option<&[T]>,
+    (t, steps): (usize, usize),
+    m: usize,
+    (m0, len): (usize, usize),
+) {
+    if t + PREFETCH_ROWS < steps {
+        let r = (t + PREFETCH_ROWS) * m + m0;
+        prefetch(&xs[r..r + len]);
+        if let Some(d) = x2 {
+            prefetch(&d[r..r + len]);
+        }
+    }
+}
+
 /// The forward time loop of one block of lanes `m0..m0+len`.
 #[inline(always)]
 fn fwd_block<const V: usize, const FMA: bool, const SYN: bool, const X2: bool, E: Elem, O: Elem>(
@@ -609,12 +628,8 @@ fn fwd_block<const V: usize, const FMA: bool, const SYN: bool, const X2: bool, E
     let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..job.t {
         let row = t * m + m0..t * m + m0 + len;
-        if prefetching && t + PREFETCH_ROWS < job.t {
-            let r = (t + PREFETCH_ROWS) * m + m0;
-            prefetch(&job.xs[r..r + len]);
-            if let Some(d) = drive2 {
-                prefetch(&d[r..r + len]);
-            }
+        if prefetching {
+            prefetch_ahead(job.xs, drive2, (t, job.t), m, (m0, len));
         }
         // Full blocks read the input and write the spikes straight from and to the rows; a
         // short block, or streamed spikes, go through the block buffers.
@@ -734,12 +749,8 @@ fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     prefetching: bool,
 ) {
     let row = t * job.m + m0..t * job.m + m0 + len;
-    if prefetching && t + PREFETCH_ROWS < job.t {
-        let r = (t + PREFETCH_ROWS) * job.m + m0;
-        prefetch(&job.xs[r..r + len]);
-        if let Some(d) = job.x2 {
-            prefetch(&d[r..r + len]);
-        }
+    if prefetching {
+        prefetch_ahead(job.xs, job.x2, (t, job.t), job.m, (m0, len));
     }
     load(&job.xs[row.clone()], x);
     if let Some(d) = job.x2 {
