@@ -441,6 +441,59 @@ fn caller_buffers_may_be_views_of_one_storage() -> Result<()> {
 }
 
 #[test]
+fn crossed_caller_buffers_on_two_threads_do_not_wait_on_each_other() -> Result<()> {
+    // Thread A steps from row 0 of `pb` into row 1 of `qb`, thread B from row 0 of `qb` into
+    // row 1 of `pb`: taking the storage locks in argument order could leave each thread holding
+    // one and waiting for the other; address order cannot.
+    let p = AdexParameters::default();
+    let n = 64;
+    let row = |seed| -> Result<Tensor> {
+        Tensor::cat(
+            &[
+                currents(&[1, n], DType::F32, seed)?,
+                Tensor::zeros((1, n), DType::F32, &Device::Cpu)?,
+            ],
+            0,
+        )
+    };
+    let (pb, qb) = (row(81)?, row(82)?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (from, to) in [(pb.clone(), qb.clone()), (qb.clone(), pb.clone())] {
+        let (tx, p) = (tx.clone(), p.clone());
+        std::thread::spawn(move || {
+            let run = || -> Result<()> {
+                let s0 = FeedForwardState::initial(&p, n, DType::F32, &Device::Cpu)?;
+                let state = FeedForwardState::initial(&p, n, DType::F32, &Device::Cpu)?;
+                for _ in 0..300 {
+                    fused::lif_adex_feed_forward_step_into(&from.get(0)?, &state, &p, &to.get(1)?)?;
+                }
+                // The same 300 steps through the allocating call.
+                let (mut z, mut s) = (Tensor::zeros(n, DType::F32, &Device::Cpu)?, s0);
+                for _ in 0..300 {
+                    (z, s) = fused::lif_adex_feed_forward_step(&from.get(0)?, &s, &p)?;
+                }
+                for (what, got, want) in [
+                    ("last spikes", &to.get(1)?, &z),
+                    ("v", &state.v, &s.v),
+                    ("a", &state.a, &s.a),
+                ] {
+                    if to_f64(got)? != to_f64(want)? {
+                        candle_core::bail!("{what} differs from the allocating step");
+                    }
+                }
+                Ok(())
+            };
+            let _ = tx.send(run());
+        });
+    }
+    for _ in 0..2 {
+        rx.recv_timeout(std::time::Duration::from_secs(120))
+            .expect("both threads finish (no lock-order deadlock)")?;
+    }
+    Ok(())
+}
+
+#[test]
 fn threaded_and_streaming_calls_match_reference() -> Result<()> {
     let p = AdexParameters::default();
     // 1100 x 4000 f32 spikes = 17.6 MB: threads, streaming stores and shifted block boundaries.
