@@ -115,14 +115,14 @@ fn lock_all<'b>(ts: &[&Tensor], held: &mut Vec<Held>, body: &mut Body<'b>) -> Re
 /// is a contiguous CPU tensor of its dtype and no written range (`write`, `spikes`) overlaps
 /// another range of the call. Written tensors may be disjoint views of one storage, and may
 /// share a storage with `read`.
-pub(crate) fn with_views<E: Elem, O: Elem, R>(
+pub(crate) fn with_views<E: Elem, O: Elem>(
     op: &str,
     read: &Tensor,
     write: &[Tensor],
     names: &[&str],
     spikes: &Tensor,
-    f: impl FnOnce(&[E], Vec<&mut [E]>, &mut [O]) -> Result<R>,
-) -> Result<R> {
+    f: impl FnOnce(&[E], Vec<&mut [E]>, &mut [O]) -> Result<()>,
+) -> Result<()> {
     let all: Vec<(&Tensor, DType, &str)> = std::iter::once((read, E::DTYPE, "input"))
         .chain(
             write
@@ -140,7 +140,7 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
         );
     }
     let mut places: Vec<Place> = Vec::with_capacity(all.len());
-    for (k, &(t, dtype, name)) in all.iter().enumerate() {
+    for &(t, dtype, name) in &all {
         if t.dtype() != dtype {
             bail!(
                 "{op}: `{name}` has dtype {:?}, expected {dtype:?}",
@@ -159,7 +159,6 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
             let other = all[j].2;
             bail!("{op}: `{other}` and `{name}` share memory; each output needs its own tensor (e.g. `.copy()`)");
         }
-        debug_assert_eq!(places.len(), k);
         places.push(p);
     }
     // One tensor per distinct storage, in address order.
@@ -168,7 +167,6 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
     order.dedup_by_key(|k| places[*k].base);
     let lockers: Vec<&Tensor> = order.iter().map(|&k| all[k].0).collect();
     let mut f = Some(f);
-    let mut result = None;
     lock_all(
         &lockers,
         &mut Vec::with_capacity(order.len()),
@@ -202,11 +200,9 @@ pub(crate) fn with_views<E: Elem, O: Elem, R>(
                 )
             };
             let f = f.take().expect("the body runs once");
-            result = Some(f(xs, states, out));
-            Ok(())
+            f(xs, states, out)
         },
-    )?;
-    result.expect("the body ran")
+    )
 }
 
 /// # Safety

@@ -1292,7 +1292,7 @@ fn run_into<E: Elem, O: Elem>(
     spikes: &Tensor,
     coefs: &Coefs<E::F>,
 ) -> Result<()> {
-    inplace::with_views::<E, O, _>(op, xs, state, names, spikes, |xs, state, out| {
+    inplace::with_views::<E, O>(op, xs, state, names, spikes, |xs, state, out| {
         let last = slots(
             neuron,
             state.into_iter().map(|s| Rows::new(s, 1, m)).collect(),
