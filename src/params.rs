@@ -202,8 +202,8 @@ enum Rule {
 
 impl AdexParameters {
     /// The numeric fields with their norse names and rules (`v_peak` included when set).
-    fn fields(&self) -> Vec<(&'static str, &Param, Rule)> {
-        let mut f = vec![
+    fn fields(&self) -> impl Iterator<Item = (&'static str, &Param, Rule)> {
+        [
             ("adaptation_current", &self.adaptation_current, Rule::Finite),
             ("adaptation_spike", &self.adaptation_spike, Rule::Finite),
             ("delta_T", &self.delta_t, Rule::Positive),
@@ -213,11 +213,9 @@ impl AdexParameters {
             ("v_leak", &self.v_leak, Rule::Finite),
             ("v_th", &self.v_th, Rule::Finite),
             ("v_reset", &self.v_reset, Rule::Finite),
-        ];
-        if let Some(v_peak) = &self.v_peak {
-            f.push(("v_peak", v_peak, Rule::Finite));
-        }
-        f
+        ]
+        .into_iter()
+        .chain(self.v_peak.as_ref().map(|v| ("v_peak", v, Rule::Finite)))
     }
 
     /// Checks every rule that does not depend on the layer size: all values finite, `delta_T > 0`,
@@ -245,9 +243,15 @@ impl AdexParameters {
                     );
                 }
             }
-            let per_neuron = param.per_neuron_len().is_some();
-            for (k, v) in param.values()?.into_iter().enumerate() {
-                check_value(name, v, rule, per_neuron.then_some(k))?;
+            match param {
+                // The common case, checked without copying anything (this runs on every call).
+                Param::Scalar(v) => check_value(name, *v, rule, None)?,
+                Param::Tensor(_) => {
+                    let per_neuron = param.per_neuron_len().is_some();
+                    for (k, v) in param.values()?.into_iter().enumerate() {
+                        check_value(name, v, rule, per_neuron.then_some(k))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -280,9 +284,7 @@ impl AdexParameters {
 
     /// True when any numeric field is a per-neuron tensor.
     pub fn has_per_neuron(&self) -> bool {
-        self.fields()
-            .iter()
-            .any(|(_, p, _)| p.per_neuron_len().is_some())
+        self.fields().any(|(_, p, _)| p.per_neuron_len().is_some())
     }
 }
 

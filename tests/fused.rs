@@ -331,6 +331,64 @@ fn u8_spikes_and_caller_buffers_equal_the_allocating_call() -> Result<()> {
 }
 
 #[test]
+fn zero_dim_parameter_tensors_act_as_scalars_beside_per_neuron_ones() -> Result<()> {
+    // Scalar parameters take an allocation-free path; a 0-d tensor is one value for every
+    // neuron there too, alone or beside per-neuron `[N]` tensors (which expand it to `N`).
+    let dev = Device::Cpu;
+    let n = 53;
+    let zero_d = |v: f32| -> Result<Param> { Ok(Param::Tensor(Tensor::new(v, &dev)?)) };
+    let ramp: Vec<f32> = (0..n).map(|k| 0.8 + 0.4 * k as f32 / n as f32).collect();
+    let scalars = AdexParameters {
+        v_th: 0.9.into(),
+        tau_mem_inv: 120.0.into(),
+        adaptation_spike: 0.05.into(),
+        ..Default::default()
+    };
+    let tensors = AdexParameters {
+        v_th: zero_d(0.9)?,
+        tau_mem_inv: zero_d(120.0)?,
+        adaptation_spike: zero_d(0.05)?,
+        ..Default::default()
+    };
+    let mixed = |v_th: Param| AdexParameters {
+        v_th,
+        tau_mem_inv: 120.0.into(),
+        adaptation_spike: 0.05.into(),
+        ..Default::default()
+    };
+    let expanded = AdexParameters {
+        tau_mem_inv: Param::Tensor(Tensor::full(120f32, n, &dev)?),
+        adaptation_spike: Param::Tensor(Tensor::full(0.05f32, n, &dev)?),
+        ..mixed(Param::Tensor(Tensor::new(ramp.as_slice(), &dev)?))
+    };
+    let with_zero_d = AdexParameters {
+        tau_mem_inv: zero_d(120.0)?,
+        adaptation_spike: zero_d(0.05)?,
+        ..mixed(Param::Tensor(Tensor::new(ramp.as_slice(), &dev)?))
+    };
+    let xs = currents(&[40, 3, n], DType::F32, 5)?;
+    let run = |p: &AdexParameters| -> Result<Vec<Vec<f64>>> {
+        let s0 = FeedForwardState::initial(p, (3, n), DType::F32, &dev)?;
+        let out = fused::lif_adex_feed_forward_seq(&xs, &s0, p, false)?;
+        [&out.spikes, &out.state.v, &out.state.i, &out.state.a]
+            .into_iter()
+            .map(to_f64)
+            .collect()
+    };
+    let plain = run(&scalars)?;
+    assert!(plain[0].iter().any(|&z| z == 1.0), "the drive makes spikes");
+    assert_eq!(run(&tensors)?, plain, "0-d tensors against scalars");
+    let per_neuron = run(&expanded)?;
+    assert_ne!(per_neuron, plain, "the ramp of thresholds changes the run");
+    assert_eq!(
+        run(&with_zero_d)?,
+        per_neuron,
+        "0-d beside [N] against [N] only"
+    );
+    Ok(())
+}
+
+#[test]
 fn step_into_loops_equal_the_allocating_step() -> Result<()> {
     // Two layers of different sizes stepped in turn, from random initial states, so that a
     // state read after it was overwritten (the state is advanced in place) or a value left from

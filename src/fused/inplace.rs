@@ -46,16 +46,25 @@ impl Place {
     }
 }
 
+/// `(data pointer, length in bytes)` of a `CpuStorage`, the pointer taken with `$ptr`
+/// (`as_ptr` to read the address, `as_mut_ptr` for a pointer that may write).
+macro_rules! data_span {
+    ($c:expr, $ptr:ident) => {
+        match $c {
+            CpuStorage::U8(v) => (v.$ptr().cast(), v.len()),
+            CpuStorage::F32(v) => (v.$ptr().cast(), 4 * v.len()),
+            CpuStorage::F64(v) => (v.$ptr().cast(), 8 * v.len()),
+            CpuStorage::F16(v) => (v.$ptr().cast(), 2 * v.len()),
+            CpuStorage::BF16(v) => (v.$ptr().cast(), 2 * v.len()),
+            c => bail!("fused AdEx: unsupported dtype {:?}", c.dtype()),
+        }
+    };
+}
+
 /// A storage's data address and length in bytes.
 fn base_of(c: &CpuStorage) -> Result<(usize, usize)> {
-    Ok(match c {
-        CpuStorage::U8(v) => (v.as_ptr() as usize, v.len()),
-        CpuStorage::F32(v) => (v.as_ptr() as usize, 4 * v.len()),
-        CpuStorage::F64(v) => (v.as_ptr() as usize, 8 * v.len()),
-        CpuStorage::F16(v) => (v.as_ptr() as usize, 2 * v.len()),
-        CpuStorage::BF16(v) => (v.as_ptr() as usize, 2 * v.len()),
-        c => bail!("fused AdEx: unsupported dtype {:?}", c.dtype()),
-    })
+    let (ptr, bytes): (*const u8, usize) = data_span!(c, as_ptr);
+    Ok((ptr as usize, bytes))
 }
 
 /// A locked storage's data pointer (with the provenance of its `&mut`) and length in bytes.
@@ -65,14 +74,7 @@ type Held = (*mut u8, usize);
 type Body<'b> = dyn FnMut(&[Held]) -> Result<()> + 'b;
 
 fn held_of(c: &mut CpuStorage) -> Result<Held> {
-    Ok(match c {
-        CpuStorage::U8(v) => (v.as_mut_ptr(), v.len()),
-        CpuStorage::F32(v) => (v.as_mut_ptr().cast(), 4 * v.len()),
-        CpuStorage::F64(v) => (v.as_mut_ptr().cast(), 8 * v.len()),
-        CpuStorage::F16(v) => (v.as_mut_ptr().cast(), 2 * v.len()),
-        CpuStorage::BF16(v) => (v.as_mut_ptr().cast(), 2 * v.len()),
-        c => bail!("fused AdEx: unsupported dtype {:?}", c.dtype()),
-    })
+    Ok(data_span!(c, as_mut_ptr))
 }
 
 /// Holds the write lock of `ts[0]`'s storage while locking the rest, then runs the body.

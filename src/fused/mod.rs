@@ -141,27 +141,48 @@ pub(crate) fn params_track_grad(p: &AdexParameters) -> bool {
     .any(|q| matches!(q, Param::Tensor(t) if t.track_op()))
 }
 
-/// Resolves one parameter to `F` values (1 or `N`), as the reference path forms them.
-fn resolve_one<F: Real>(q: &Param, dt: Option<f64>, cd: DType) -> Result<Vec<F>> {
+/// One parameter resolved to the compute precision: one value for all neurons, or one each.
+enum Values<F> {
+    One(F),
+    Each(Vec<F>),
+}
+
+impl<F: Real> Values<F> {
+    fn map(self, f: impl Fn(F) -> F) -> Self {
+        match self {
+            Values::One(x) => Values::One(f(x)),
+            Values::Each(v) => Values::Each(v.into_iter().map(f).collect()),
+        }
+    }
+}
+
+/// Resolves one parameter to `F` values, as the reference path forms them.
+fn resolve_one<F: Real>(q: &Param, dt: Option<f64>, cd: DType) -> Result<Values<F>> {
     match q {
         // The reference path converts the scalar to the compute dtype, then multiplies by dt
         // (candle's affine: x*mul + add).
         Param::Scalar(v) => {
             let x = F::from_f64(*v);
-            Ok(vec![match dt {
+            Ok(Values::One(match dt {
                 Some(dt) => x * F::from_f64(dt) + F::ZERO,
                 None => x,
-            }])
+            }))
         }
         Param::Tensor(_) => {
             let t = q.tensor(cd, &Device::Cpu, dt)?.flatten_all()?;
             let t = t.to_dtype(DType::F64)?;
-            Ok(t.to_vec1::<f64>()?.into_iter().map(F::from_f64).collect())
+            let v: Vec<F> = t.to_vec1::<f64>()?.into_iter().map(F::from_f64).collect();
+            // A 0-d tensor (or a one-neuron layer) is one value for all.
+            Ok(match v[..] {
+                [x] => Values::One(x),
+                _ => Values::Each(v),
+            })
         }
     }
 }
 
-/// The parameters for `n` neurons, in compute precision `F`.
+/// The parameters for `n` neurons, in compute precision `F` (scalar parameters, the common
+/// case, allocate nothing: this runs on every call).
 pub(crate) fn resolve_coefs<F: Real>(
     p: &AdexParameters,
     n: usize,
@@ -175,31 +196,37 @@ pub(crate) fn resolve_coefs<F: Real>(
     };
     let plain = |q: &Param| resolve_one::<F>(q, None, cd);
     let timed = |q: &Param| resolve_one::<F>(q, Some(p.dt), cd);
-    let v_th = plain(&p.v_th)?;
-    let fields: [Vec<F>; N_COEF] = [
+    let v_spike = plain(p.v_peak.as_ref().unwrap_or(&p.v_th))?;
+    let fields: [Values<F>; N_COEF] = [
         plain(&p.v_leak)?,
-        v_th.clone(),
-        match &p.v_peak {
-            Some(v_peak) => plain(v_peak)?,
-            None => v_th,
-        },
+        plain(&p.v_th)?,
+        v_spike,
         plain(&p.v_reset)?,
         plain(&p.delta_t)?,
-        plain(&p.delta_t)?.into_iter().map(|d| F::ONE / d).collect(),
+        plain(&p.delta_t)?.map(|d| F::ONE / d),
         plain(&p.adaptation_current)?,
         plain(&p.adaptation_spike)?,
         timed(&p.tau_mem_inv)?,
         timed(&p.tau_syn_inv)?,
         timed(&p.tau_ada_inv)?,
     ];
-    if fields.iter().all(|f| f.len() == 1) {
-        return Ok(Coefs::Scalar(Coef::from_array(std::array::from_fn(|k| {
-            fields[k][0]
-        }))));
+    let mut one = [F::ZERO; N_COEF];
+    let scalar = fields.iter().zip(&mut one).all(|(f, o)| match f {
+        Values::One(x) => {
+            *o = *x;
+            true
+        }
+        Values::Each(_) => false,
+    });
+    if scalar {
+        return Ok(Coefs::Scalar(Coef::from_array(one)));
     }
     Ok(Coefs::PerNeuron {
         n,
-        fields: fields.map(|f| if f.len() == 1 { vec![f[0]; n] } else { f }),
+        fields: fields.map(|f| match f {
+            Values::One(x) => vec![x; n],
+            Values::Each(v) => v,
+        }),
     })
 }
 
