@@ -376,7 +376,7 @@ fn zero_dim_parameter_tensors_act_as_scalars_beside_per_neuron_ones() -> Result<
             .collect()
     };
     let plain = run(&scalars)?;
-    assert!(plain[0].iter().any(|&z| z == 1.0), "the drive makes spikes");
+    assert!(plain[0].contains(&1.0), "the drive makes spikes");
     assert_eq!(run(&tensors)?, plain, "0-d tensors against scalars");
     let per_neuron = run(&expanded)?;
     assert_ne!(per_neuron, plain, "the ramp of thresholds changes the run");
