@@ -142,6 +142,7 @@ pub(crate) fn params_track_grad(p: &AdexParameters) -> bool {
 }
 
 /// One parameter resolved to the compute precision: one value for all neurons, or one each.
+#[derive(Clone)]
 enum Values<F> {
     One(F),
     Each(Vec<F>),
@@ -196,14 +197,21 @@ pub(crate) fn resolve_coefs<F: Real>(
     };
     let plain = |q: &Param| resolve_one::<F>(q, None, cd);
     let timed = |q: &Param| resolve_one::<F>(q, Some(p.dt), cd);
-    let v_spike = plain(p.v_peak.as_ref().unwrap_or(&p.v_th))?;
+    // Each parameter is resolved once (a tensor one is a copy to the host).
+    let v_th = plain(&p.v_th)?;
+    let v_spike = match &p.v_peak {
+        Some(v_peak) => plain(v_peak)?,
+        None => v_th.clone(),
+    };
+    let delta_t = plain(&p.delta_t)?;
+    let inv_delta_t = delta_t.clone().map(|d| F::ONE / d);
     let fields: [Values<F>; N_COEF] = [
         plain(&p.v_leak)?,
-        plain(&p.v_th)?,
+        v_th,
         v_spike,
         plain(&p.v_reset)?,
-        plain(&p.delta_t)?,
-        plain(&p.delta_t)?.map(|d| F::ONE / d),
+        delta_t,
+        inv_delta_t,
         plain(&p.adaptation_current)?,
         plain(&p.adaptation_spike)?,
         timed(&p.tau_mem_inv)?,
