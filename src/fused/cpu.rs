@@ -58,7 +58,8 @@ const GROUPS: usize = 4;
 const VEC_AVX512: usize = 16;
 const VEC_AVX2: usize = 8;
 /// The AVX2 backward keeps 16-lane groups: 8 measured no faster there (0.23-0.29 G/s against
-/// 0.25-0.44 forward+backward, interleaved runs on the same Zen 3).
+/// 0.25-0.44 forward+backward, interleaved runs on the same Zen 3), and with lane-wide masks
+/// (see [`math::Pack`]) slower: 0.21-0.23 against 0.31-0.32 G/s at (100, 1, 1000), one thread.
 const VEC_AVX2_BWD: usize = 16;
 /// The portable path's groups (SSE2 / NEON); 8 measured no better than 16 on SSE2.
 const VEC_PORTABLE: usize = 16;
@@ -487,6 +488,19 @@ fn load<E: Elem>(src: &[E], dst: &mut [E::F; BLOCK]) {
     }
 }
 
+/// A block's row segment of a compute-precision input as `BLOCK` lanes: the row itself for a
+/// full block (read in place, no copy), else `src` copied into `buf` and zero-padded.
+#[inline(always)]
+fn row_in<'s, F: Compute>(src: &'s [F], buf: &'s mut [F; BLOCK]) -> &'s [F; BLOCK] {
+    match src.try_into() {
+        Ok(full) => full,
+        Err(_) => {
+            load(src, buf);
+            buf
+        }
+    }
+}
+
 /// A pack read from `E` values, converted in registers (the buffers of this and
 /// [`store_conv`] are sized for the widest pack; only the first `GROUPS * V` lanes are used).
 #[inline(always)]
@@ -759,10 +773,11 @@ fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     if prefetching {
         prefetch_ahead(job.xs, job.x2, (t, job.t), job.m, (m0, len));
     }
-    load(&job.xs[row.clone()], x);
-    if let Some(d) = job.x2 {
-        load(&d[row], x2);
-    }
+    let x = row_in(&job.xs[row.clone()], x);
+    let x2 = match job.x2 {
+        Some(d) => row_in(&d[row], x2),
+        None => &*x2,
+    };
     let pack = GROUPS * V;
     for p in 0..BLOCK / pack {
         let c = &coef.pack(p);
@@ -877,7 +892,7 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, const METHOD: u8,
                 let r = (t - PREFETCH_ROWS) * m + m0;
                 prefetch(&job.g_spikes[r..r + len]);
             }
-            load(&job.g_spikes[row], &mut gz);
+            let gz = row_in(&job.g_spikes[row], &mut gz);
             let tape = &scratch.seg[t - t0];
             for p in 0..BLOCK / pack {
                 let c = &coef.pack(p);
