@@ -5,7 +5,7 @@
 # travel to the GPU machine). Uses ../shared/cuda/setup-cuda.sh for the pinned CUDA 13.0 toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p target .device/bin
+mkdir -p target/cuda .device/bin
 if [ ! -s target/cuda-env.sh ]; then
   cargo fetch
   bash ../shared/cuda/setup-cuda.sh > target/cuda-env.sh
