@@ -413,7 +413,7 @@ impl Real for f32 {
     const NONE: u32 = 0;
     #[inline(always)]
     fn mask(c: bool) -> u32 {
-        (u32::from(c)).wrapping_neg()
+        u32::from(c).wrapping_neg()
     }
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
@@ -437,7 +437,7 @@ impl Real for f64 {
     const NONE: u64 = 0;
     #[inline(always)]
     fn mask(c: bool) -> u64 {
-        (u64::from(c)).wrapping_neg()
+        u64::from(c).wrapping_neg()
     }
     #[inline(always)]
     fn from_f64(x: f64) -> Self {
