@@ -2,11 +2,13 @@
 //! [`Workload`] per (op, dtype, shape) that runs the fused kernel, the reference path, and a
 //! memory copy of the same bytes (the roof), all measured in the same process.
 //!
-//! Throughput is in neuron-steps per second (`T*B*N` per call). The roof is a multi-threaded
-//! `memcpy` moving as many bytes as the op must move at least (its inputs read once and its
-//! outputs written once), with as many threads as the kernel uses, so
-//! `neuron_steps_per_s / roof_neuron_steps_per_s` is the fraction of the memory bandwidth the
-//! op reaches. Sequences write into caller-owned buffers ([`fused::lif_adex_feed_forward_seq_into`]):
+//! Throughput is in neuron-steps per second (`T*B*N` per call). Each CPU row carries two
+//! limits measured in the same run: the **memory roof**, a copy of as many bytes as the op must
+//! move at least (its inputs read once and its outputs written once) with streaming stores and
+//! as many threads as the kernel uses (beside it the plain `memcpy` roof of earlier reports),
+//! and the **in-cache figure**, the same op and dtype on [`IN_CACHE_SHAPE`], whose inputs stay
+//! in cache between calls (the kernel's compute speed). The lower of the two is what the row
+//! can reach. Sequences write into caller-owned buffers ([`fused::lif_adex_feed_forward_seq_into`]):
 //! a fresh output of hundreds of MB costs page faults that on some machines take longer than the
 //! kernel, and would measure the allocator rather than the kernel.
 
@@ -85,6 +87,9 @@ pub const SHAPES: [(usize, usize, usize); 4] = [
     (1000, 1, 100_000),
 ];
 
+/// The L2/L3-resident shape of a row's in-cache figure (`T, B, N`): 1.6 MB of f32 input.
+pub const IN_CACHE_SHAPE: (usize, usize, usize) = (100, 1, 4096);
+
 /// One measured row: the fields of `adex bench --json`.
 #[derive(Clone, Debug)]
 pub struct Row {
@@ -97,21 +102,34 @@ pub struct Row {
     pub n: usize,
     pub threads: usize,
     pub neuron_steps_per_s: f64,
+    /// The plain `memcpy` roof.
     pub roof_neuron_steps_per_s: f64,
+    /// The memory roof: a copy of the same bytes with streaming stores (CPU rows; on devices
+    /// the device copy).
+    pub memory_roof_neuron_steps_per_s: f64,
+    /// The same op and dtype on [`IN_CACHE_SHAPE`] (CPU rows only).
+    pub in_cache_neuron_steps_per_s: Option<f64>,
     /// `None` where the reference path would not fit in memory (its autograd graph for the
     /// largest backward shapes) or was not asked for.
     pub reference_neuron_steps_per_s: Option<f64>,
 }
 
 impl Row {
+    /// The lower of the memory roof and the in-cache figure: what this row can reach.
+    pub fn limit_neuron_steps_per_s(&self) -> f64 {
+        let m = self.memory_roof_neuron_steps_per_s;
+        self.in_cache_neuron_steps_per_s.map_or(m, |c| c.min(m))
+    }
+
     /// One JSON object (no trailing newline).
     pub fn json(&self) -> String {
-        let reference = match self.reference_neuron_steps_per_s {
+        let opt = |x: Option<f64>| match x {
             Some(r) => format!("{r:.4e}"),
             None => "null".to_string(),
         };
+        let reference = opt(self.reference_neuron_steps_per_s);
         format!(
-            "{{\"op\":\"{}\",\"dtype\":\"{}\",\"device\":\"{}\",\"isa\":\"{}\",\"t\":{},\"b\":{},\"n\":{},\"threads\":{},\"neuron_steps_per_s\":{:.4e},\"roof_neuron_steps_per_s\":{:.4e},\"reference_neuron_steps_per_s\":{}}}",
+            "{{\"op\":\"{}\",\"dtype\":\"{}\",\"device\":\"{}\",\"isa\":\"{}\",\"t\":{},\"b\":{},\"n\":{},\"threads\":{},\"neuron_steps_per_s\":{:.4e},\"roof_neuron_steps_per_s\":{:.4e},\"memory_roof_neuron_steps_per_s\":{:.4e},\"in_cache_neuron_steps_per_s\":{},\"reference_neuron_steps_per_s\":{}}}",
             self.op,
             self.dtype.as_str(),
             self.device,
@@ -122,6 +140,8 @@ impl Row {
             self.threads,
             self.neuron_steps_per_s,
             self.roof_neuron_steps_per_s,
+            self.memory_roof_neuron_steps_per_s,
+            opt(self.in_cache_neuron_steps_per_s),
             reference
         )
     }
@@ -269,7 +289,7 @@ impl Workload {
             record: None,
             coefs: &k.coefs,
         };
-        cpu::forward(&fwd);
+        cpu::forward(fwd);
         let mut g0 = k.g0.chunks_mut(m).map(|c| cpu::Rows::new(c, 1, m));
         let bwd = cpu::BwdJob {
             t,
@@ -335,12 +355,21 @@ impl Workload {
         Ok(())
     }
 
-    /// One copy of the roof's bytes, split over the kernel's thread count (on the kernels'
+    /// One `memcpy` of the roof's bytes, split over the kernel's thread count (on the kernels'
     /// worker pool, so that the roof and the kernel pay the same hand-over).
     pub fn run_copy(&mut self) {
+        self.copy_with(|d, s| d.copy_from_slice(s));
+    }
+
+    /// [`Workload::run_copy`] with streaming stores: the memory roof.
+    pub fn run_stream_copy(&mut self) {
+        self.copy_with(cpu::copy_streaming);
+    }
+
+    fn copy_with(&mut self, copy: impl Fn(&mut [u8], &[u8]) + Sync) {
         let threads = self.threads();
         if threads == 1 {
-            self.copy_dst.copy_from_slice(&self.copy_src);
+            copy(&mut self.copy_dst, &self.copy_src);
             std::hint::black_box(&mut self.copy_dst);
             return;
         }
@@ -354,7 +383,7 @@ impl Workload {
         fused::pool::run(parts.len(), &|k| {
             let mut part = parts[k].lock().unwrap_or_else(|e| e.into_inner());
             let (d, s) = &mut *part;
-            d.copy_from_slice(s);
+            copy(d, s);
         });
         std::hint::black_box(&mut self.copy_dst);
     }
@@ -378,7 +407,8 @@ pub fn time(reps: usize, min_secs: f64, mut f: impl FnMut() -> Result<()>) -> Re
     Ok(times[times.len() / 2])
 }
 
-/// Measures one case: fused, roof and (when asked and feasible) reference, in this order.
+/// Measures one case: fused, the two copy roofs, the in-cache figure and (when asked and
+/// feasible) the reference, in this order.
 pub fn measure(
     op: Op,
     dtype: DType,
@@ -392,6 +422,17 @@ pub fn measure(
         w.run_copy();
         Ok(())
     })?;
+    let stream_s = time(3, 0.2, || {
+        w.run_stream_copy();
+        Ok(())
+    })?;
+    let in_cache = if shape == IN_CACHE_SHAPE {
+        steps / fused_s
+    } else {
+        drop(w.kernels.take());
+        let mut c = Workload::new(op, dtype, IN_CACHE_SHAPE)?;
+        c.neuron_steps() as f64 / time(3, 0.2, || c.run_fused())?
+    };
     let reference = if with_reference && w.reference_fits() {
         Some(steps / time(1, 0.0, || w.run_reference())?)
     } else {
@@ -408,6 +449,8 @@ pub fn measure(
         threads: w.threads(),
         neuron_steps_per_s: steps / fused_s,
         roof_neuron_steps_per_s: steps / roof_s,
+        memory_roof_neuron_steps_per_s: steps / stream_s,
+        in_cache_neuron_steps_per_s: Some(in_cache),
         reference_neuron_steps_per_s: reference,
     })
 }
@@ -545,6 +588,8 @@ pub fn measure_device(
         threads: 1,
         neuron_steps_per_s: steps / fused_s,
         roof_neuron_steps_per_s: steps / roof_s,
+        memory_roof_neuron_steps_per_s: steps / roof_s,
+        in_cache_neuron_steps_per_s: None,
         reference_neuron_steps_per_s: reference,
     })
 }

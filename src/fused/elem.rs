@@ -3,13 +3,14 @@
 //! kernels' instruction-set contexts (`half`'s own conversions check the CPU per element unless
 //! F16C is enabled for the whole build, and then do not vectorize).
 
+use super::cpu::Erase;
 use super::math::Real;
 use candle_core::WithDType;
 use half::{bf16, f16};
 
 /// A dtype the kernels read and write. `F` is the precision it is computed in.
-pub(crate) trait Elem: WithDType + Copy + Send + Sync + 'static {
-    type F: Real;
+pub(crate) trait Elem: WithDType + Erase + Copy + Send + Sync + 'static {
+    type F: Real + Erase;
     /// The value 0, exactly.
     const NIL: Self;
     fn to_f(self) -> Self::F;

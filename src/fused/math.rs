@@ -504,24 +504,6 @@ impl<F: Copy> Coef<F> {
         ]
     }
 
-    /// Every field splatted to a lane group.
-    #[inline(always)]
-    pub(crate) fn splat<V: Lanes<S = F>>(&self) -> Coef<V> {
-        Coef {
-            v_leak: V::splat(self.v_leak),
-            v_th: V::splat(self.v_th),
-            v_spike: V::splat(self.v_spike),
-            v_reset: V::splat(self.v_reset),
-            delta_t: V::splat(self.delta_t),
-            inv_delta_t: V::splat(self.inv_delta_t),
-            a_current: V::splat(self.a_current),
-            a_spike: V::splat(self.a_spike),
-            c_mem: V::splat(self.c_mem),
-            c_syn: V::splat(self.c_syn),
-            c_ada: V::splat(self.c_ada),
-        }
-    }
-
     #[inline(always)]
     pub(crate) fn from_array(a: [F; N_COEF]) -> Self {
         Coef {

@@ -377,7 +377,7 @@ impl SeqOp {
                 record: self.record.then(|| slots(self.neuron, rec)),
                 coefs,
             };
-            cpu::forward(&job);
+            cpu::forward(job);
         }
         Ok((E::to_cpu_storage_owned(out), Shape::from((rows, m))))
     }
@@ -777,7 +777,7 @@ fn infer_typed<E: Elem, O: Elem>(
             record: record.then(|| slots(neuron, recorded)),
             coefs,
         };
-        cpu::forward(&job);
+        cpu::forward(job);
     }
     let dev = xs.device();
     Ok(Flat {
@@ -1339,7 +1339,7 @@ fn run_into<E: Elem, O: Elem>(
         let (Some(v0), Some(a0)) = (v0, a0) else {
             bail!("{op}: missing state tensors");
         };
-        cpu::forward(&FwdJob {
+        cpu::forward(FwdJob {
             t,
             m,
             xs,

@@ -47,13 +47,18 @@ OPTIONS:
                  fused (always the fused kernels) or reference (always the reference path)";
 
 const BENCH_HELP: &str = "\
-adex bench: neuron-steps per second of the fused CPU kernels, the reference path (candle tensor
-ops) and a multi-threaded memory copy of the bytes the op must move (the roof), measured in the
-same run. Sequences write into caller-owned buffers (see `fused::lif_adex_feed_forward_seq_into`).
+adex bench: neuron-steps per second of the fused CPU kernels beside the limits measured in the
+same run: the memory roof (a copy of the bytes the op must move, with streaming stores, on as
+many threads as the kernel), the in-cache figure (the same op and dtype at 100,1,4096, whose
+input stays in cache: the kernel's compute speed) and %limit, the row's fraction of the lower
+of the two; and the reference path (candle tensor ops). Sequences write into caller-owned
+buffers (see `fused::lif_adex_feed_forward_seq_into`).
 
 OPTIONS:
     --json             one JSON object per line: op, dtype, device, isa, t, b, n, threads,
-                       neuron_steps_per_s, roof_neuron_steps_per_s, reference_neuron_steps_per_s
+                       neuron_steps_per_s, roof_neuron_steps_per_s (plain memcpy),
+                       memory_roof_neuron_steps_per_s, in_cache_neuron_steps_per_s,
+                       reference_neuron_steps_per_s
     --quick            only the two small shapes
     --shape T,B,N      only this shape (repeatable)
     --op OP            step, step_into, seq, seq_u8, seq_fwd_bwd (kernels, f32) or seq_autograd
@@ -281,8 +286,17 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
     }
     if !json {
         println!(
-            "{:<12} {:<5} {:>18} {:>3} {:>10} {:>10} {:>6} {:>10} {:>8}",
-            "op", "dtype", "T,B,N", "thr", "fused G/s", "roof G/s", "%roof", "ref G/s", "x ref"
+            "{:<12} {:<5} {:>18} {:>3} {:>10} {:>9} {:>9} {:>6} {:>10} {:>8}",
+            "op",
+            "dtype",
+            "T,B,N",
+            "thr",
+            "fused G/s",
+            "mem G/s",
+            "cache G/s",
+            "%limit",
+            "ref G/s",
+            "x ref"
         );
     }
     for &shape in &shapes {
@@ -341,8 +355,16 @@ fn bench_device(
     }
     if !json {
         println!(
-            "{:<12} {:<5} {:>18} {:>10} {:>10} {:>6} {:>10} {:>8}",
-            "op", "dtype", "T,B,N", "fused G/s", "roof G/s", "%roof", "ref G/s", "x ref"
+            "{:<12} {:<5} {:>18} {:>10} {:>9} {:>9} {:>6} {:>10} {:>8}",
+            "op",
+            "dtype",
+            "T,B,N",
+            "fused G/s",
+            "mem G/s",
+            "cache G/s",
+            "%limit",
+            "ref G/s",
+            "x ref"
         );
     }
     for &shape in &shapes {
@@ -380,14 +402,18 @@ fn print_row(row: &bench::Row, json: bool, with_threads: bool) {
     } else {
         String::new()
     };
+    let cache = row
+        .in_cache_neuron_steps_per_s
+        .map_or("-".to_string(), |c| format!("{:.3}", g(c)));
     println!(
-        "{:<12} {:<5} {:>18}{threads} {:>10.3} {:>10.3} {:>5.0}% {:>10} {:>8}",
+        "{:<12} {:<5} {:>18}{threads} {:>10.3} {:>9.3} {:>9} {:>5.0}% {:>10} {:>8}",
         row.op,
         row.dtype.as_str(),
         format!("{},{},{}", row.t, row.b, row.n),
         g(row.neuron_steps_per_s),
-        g(row.roof_neuron_steps_per_s),
-        100.0 * row.neuron_steps_per_s / row.roof_neuron_steps_per_s,
+        g(row.memory_roof_neuron_steps_per_s),
+        cache,
+        100.0 * row.neuron_steps_per_s / row.limit_neuron_steps_per_s(),
         r,
         x
     );

@@ -1,0 +1,121 @@
+//! Layer 5c (CPU kernels): the forward time loop of one block of lanes.
+//!
+//! For each block the time loop is the outer loop and the lanes the inner one, so the state
+//! stays in the block's lane arrays (L1) across all `T` steps. The per-call choices (encoder or
+//! synaptic current, a second drive, recording, storage dtypes, per-neuron parameters) are
+//! run-time values tested outside the lane arithmetic, so one kernel serves them all.
+
+use super::super::math;
+use super::coefs::{BlockCoef, Coefs};
+use super::mem::{load_init, prefetch_ahead, put_row, row_in, stream_fence, PREFETCH_BYTES};
+use super::views::{AnyInit, AnyRows, AnySlice, Native};
+use super::{Blocks, LoadStore, BLOCK, GROUPS, P};
+use std::ops::Range;
+
+/// A forward sequence call with its buffers dtype-erased: `T` steps of `M` neurons (`[T, M]`
+/// row-major data), computed in `F`.
+pub(super) struct Fwd<'a, F> {
+    pub t: usize,
+    pub m: usize,
+    pub xs: AnySlice<'a>,
+    pub x2: Option<AnySlice<'a>>,
+    pub v0: AnyInit<'a>,
+    pub i0: Option<AnyInit<'a>>,
+    pub a0: AnyInit<'a>,
+    pub spikes: AnyRows<'a>,
+    pub last: [Option<AnyRows<'a>>; 3],
+    pub record: Option<[Option<AnyRows<'a>>; 3]>,
+    pub coefs: &'a Coefs<F>,
+}
+
+/// The forward time loop of one block of lanes `m0..m0+len`.
+#[inline(always)]
+fn fwd_block<const V: usize, const FMA: bool, F: Native>(
+    job: &Fwd<F>,
+    (m0, len): (usize, usize),
+    stream: bool,
+    coef: &BlockCoef<F>,
+) {
+    let pack = GROUPS * V;
+    let m = job.m;
+    let zero = F::ZERO;
+    let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    // The initial state first: it may alias the final state stored at the end.
+    load_init(&job.v0, (m0, len), &mut v);
+    if let Some(i0) = &job.i0 {
+        load_init(i0, (m0, len), &mut i);
+    }
+    load_init(&job.a0, (m0, len), &mut a);
+    let syn = job.i0.is_some();
+    let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
+    let prefetching = job.xs.bytes() >= PREFETCH_BYTES;
+    for t in 0..job.t {
+        let row = t * m + m0..t * m + m0 + len;
+        if prefetching {
+            prefetch_ahead(&job.xs, (t, job.t), m, (m0, len));
+            if let Some(d) = &job.x2 {
+                prefetch_ahead(d, (t, job.t), m, (m0, len));
+            }
+        }
+        let xr = row_in(&job.xs, row.clone(), &mut x);
+        let x2r = job.x2.as_ref().map(|d| row_in(d, row, &mut x2));
+        for p in 0..BLOCK / pack {
+            let c = &coef.pack::<V>(p);
+            let r = p * pack..(p + 1) * pack;
+            let xp = <P<F, V>>::load(&xr[r.clone()]);
+            let i_jump = if syn {
+                let j = <P<F, V>>::load(&i[r.clone()]) + xp;
+                match x2r {
+                    Some(x2) => j + <P<F, V>>::load(&x2[r.clone()]),
+                    None => j,
+                }
+            } else {
+                xp
+            };
+            let (zp, vp, ap) = math::update::<P<F, V>, FMA>(
+                c,
+                <P<F, V>>::load(&v[r.clone()]),
+                i_jump,
+                <P<F, V>>::load(&a[r.clone()]),
+            );
+            zp.store(&mut z[r.clone()]);
+            vp.store(&mut v[r.clone()]);
+            ap.store(&mut a[r.clone()]);
+            if syn {
+                math::synapse(c, i_jump).store(&mut i[r]);
+            }
+        }
+        put_row(&job.spikes, t, (m0, len), &z, stream);
+        if let Some(rec) = &job.record {
+            for (r, vals) in rec.iter().zip([&v, &i, &a]) {
+                if let Some(r) = r {
+                    put_row(r, t, (m0, len), vals, stream);
+                }
+            }
+        }
+    }
+    for (r, vals) in job.last.iter().zip([&v, &i, &a]) {
+        if let Some(r) = r {
+            put_row(r, 0, (m0, len), vals, false);
+        }
+    }
+}
+
+/// The blocks `range` of a forward call, in order, on this thread.
+#[inline(always)]
+pub(super) fn fwd_blocks<const V: usize, const FMA: bool, F: Native>(
+    job: &Fwd<F>,
+    blocks: Blocks,
+    range: Range<usize>,
+    stream: bool,
+) {
+    let mut coef = BlockCoef::new(job.coefs);
+    for k in range {
+        let block = blocks.get(k);
+        coef.refill(job.coefs, block);
+        fwd_block::<V, FMA, F>(job, block, stream, &coef);
+    }
+    if stream {
+        stream_fence();
+    }
+}
