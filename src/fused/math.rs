@@ -506,19 +506,44 @@ impl<F: Copy> Coef<F> {
 
     #[inline(always)]
     pub(crate) fn from_array(a: [F; N_COEF]) -> Self {
+        Self::from_fn(|k| a[k])
+    }
+
+    /// Field `k` (in the order of [`Coef::to_array`]) from `f(k)`, written out field by field
+    /// (`std::array::from_fn` is not inlined into the kernels' instruction-set contexts).
+    #[inline(always)]
+    pub(crate) fn from_fn(f: impl Fn(usize) -> F) -> Self {
         Coef {
-            v_leak: a[0],
-            v_th: a[1],
-            v_spike: a[2],
-            v_reset: a[3],
-            delta_t: a[4],
-            inv_delta_t: a[5],
-            a_current: a[6],
-            a_spike: a[7],
-            c_mem: a[8],
-            c_syn: a[9],
-            c_ada: a[10],
+            v_leak: f(0),
+            v_th: f(1),
+            v_spike: f(2),
+            v_reset: f(3),
+            delta_t: f(4),
+            inv_delta_t: f(5),
+            a_current: f(6),
+            a_spike: f(7),
+            c_mem: f(8),
+            c_syn: f(9),
+            c_ada: f(10),
         }
+    }
+
+    /// The fields, mutably, in the order of [`Coef::to_array`].
+    #[inline(always)]
+    pub(crate) fn fields_mut(&mut self) -> [&mut F; N_COEF] {
+        [
+            &mut self.v_leak,
+            &mut self.v_th,
+            &mut self.v_spike,
+            &mut self.v_reset,
+            &mut self.delta_t,
+            &mut self.inv_delta_t,
+            &mut self.a_current,
+            &mut self.a_spike,
+            &mut self.c_mem,
+            &mut self.c_syn,
+            &mut self.c_ada,
+        ]
     }
 }
 

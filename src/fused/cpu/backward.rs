@@ -12,7 +12,7 @@
 
 use super::super::elem::Compute;
 use super::super::math::{self, Lanes, Real};
-use super::coefs::{BlockCoef, Coefs};
+use super::coefs::{BlockCoef, Coefs, PackSource};
 use super::mem::{
     load, prefetch, put_native, row_native, stream_fence, PREFETCH_BYTES, PREFETCH_ROWS,
 };
@@ -61,11 +61,11 @@ struct Scratch<F> {
 /// prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn recompute<const V: usize, const FMA: bool, F: Compute>(
+fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     job: &BwdJob<F>,
     t: usize,
     (m0, len): (usize, usize),
-    coef: &BlockCoef<F>,
+    coef: &impl PackSource<F, V>,
     [v, i, a]: [&mut [F; BLOCK]; 3],
     [x, x2]: [&mut [F; BLOCK]; 2],
     mut tape: Option<&mut [[F; BLOCK]; 2]>,
@@ -84,10 +84,10 @@ fn recompute<const V: usize, const FMA: bool, F: Compute>(
         Some(d) => row_native(&d[row], x2),
         None => &*x2,
     };
-    let syn = job.i0.is_some();
+    let syn = SYN;
     let pack = GROUPS * V;
     for p in 0..BLOCK / pack {
-        let c = &coef.pack::<V>(p);
+        let c = &*coef.pack(p);
         let r = p * pack..(p + 1) * pack;
         let xp = <P<F, V>>::load(&x[r.clone()]);
         // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
@@ -115,18 +115,18 @@ fn recompute<const V: usize, const FMA: bool, F: Compute>(
 
 /// The backward of one block: checkpointed recomputation, then reverse time.
 #[inline(always)]
-fn bwd_block<const V: usize, const FMA: bool, F: Compute>(
+fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     job: &BwdJob<F>,
     (m0, len): (usize, usize),
     stream: bool,
     scratch: &mut Scratch<F>,
-    coef: &BlockCoef<F>,
+    coef: &impl PackSource<F, V>,
 ) {
     let block = (m0, len);
     let pack = GROUPS * V;
     let alpha = <P<F, V>>::splat(<F as Real>::from_f64(job.alpha));
     let (steps, m) = (job.t, job.m);
-    let syn = job.i0.is_some();
+    let syn = SYN;
     let zero = <F as Real>::ZERO;
     let nseg = steps.div_ceil(SEG).max(1);
     let (mut v, mut i, mut a, mut x) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
@@ -140,7 +140,7 @@ fn bwd_block<const V: usize, const FMA: bool, F: Compute>(
     let mut x2 = [zero; BLOCK];
     let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..(nseg - 1) * SEG {
-        recompute::<V, FMA, F>(
+        recompute::<V, FMA, SYN, F>(
             job,
             t,
             block,
@@ -168,7 +168,7 @@ fn bwd_block<const V: usize, const FMA: bool, F: Compute>(
         scratch.seg.resize(SEG, [[zero; BLOCK]; 2]);
         for t in t0..t1 {
             let tape = &mut scratch.seg[t - t0];
-            recompute::<V, FMA, F>(
+            recompute::<V, FMA, SYN, F>(
                 job,
                 t,
                 block,
@@ -200,7 +200,7 @@ fn bwd_block<const V: usize, const FMA: bool, F: Compute>(
             let gz = row_native(&job.g_spikes[row], &mut gz);
             let tape = &scratch.seg[t - t0];
             for p in 0..BLOCK / pack {
-                let c = &coef.pack::<V>(p);
+                let c = &*coef.pack(p);
                 let r = p * pack..(p + 1) * pack;
                 let tp = math::Tape {
                     v_dec: <P<F, V>>::load(&tape[0][r.clone()]),
@@ -247,11 +247,31 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, F: Compute>(
         ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
         seg: Vec::with_capacity(SEG),
     };
-    let mut coef = BlockCoef::new(job.coefs);
-    for k in range {
-        let block = blocks.get(k);
-        coef.refill(job.coefs, block);
-        bwd_block::<V, FMA, F>(job, block, stream, &mut scratch, &coef);
+    macro_rules! blocks {
+        ($syn:literal) => {
+            match job.coefs {
+                Coefs::Scalar(c) => {
+                    for k in range {
+                        bwd_block::<V, FMA, $syn, F>(job, blocks.get(k), stream, &mut scratch, c);
+                    }
+                }
+                Coefs::PerNeuron { n, fields } => {
+                    let mut coef = BlockCoef::<F, V>::new();
+                    for k in range {
+                        let block = blocks.get(k);
+                        coef.refill(*n, fields, block);
+                        bwd_block::<V, FMA, $syn, F>(job, block, stream, &mut scratch, &coef);
+                    }
+                }
+            }
+        };
+    }
+    // The encoder (no synaptic current) and the feed-forward neuron keep their own loops: as
+    // run-time branches per pack they cost 10-20 % (AVX2, Zen 3).
+    if job.i0.is_some() {
+        blocks!(true)
+    } else {
+        blocks!(false)
     }
     if stream {
         stream_fence();

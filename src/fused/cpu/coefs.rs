@@ -1,11 +1,13 @@
-//! Layer 5c (CPU kernels): a call's resolved parameters and their lane arrays.
+//! Layer 5c (CPU kernels): a call's resolved parameters and their lane packs.
 //!
-//! Both kinds of parameters reach the lane loop the same way, as lane arrays loaded pack by
-//! pack, so scalar and per-neuron calls share one compiled kernel: scalar parameters fill the
-//! arrays once per thread, per-neuron ones once per block.
+//! Scalar parameters are splatted at each use (LLVM keeps them in registers or broadcasts
+//! them); per-neuron ones reach the lane loop as packs in memory that the math reads by
+//! reference, so the loads fold into the arithmetic. The two are the kernels' one duplicated
+//! loop: broadcasts measured faster than loaded lane arrays for the common scalar case.
 
-use super::super::math::{Coef, Real, N_COEF};
-use super::{BLOCK, GROUPS, P};
+use super::super::math::{Coef, Lanes, Real, N_COEF};
+use super::{LoadStore, BLOCK, GROUPS, P};
+use std::ops::Deref;
 
 /// Parameters for a call: one set for all neurons, or one per neuron (`[N]` each, the neuron
 /// index being the flat index modulo `N`).
@@ -16,50 +18,77 @@ pub(crate) enum Coefs<F> {
     PerNeuron { n: usize, fields: [Vec<F>; N_COEF] },
 }
 
-/// A block's parameters, lane by lane.
-pub(super) struct BlockCoef<F> {
-    lanes: [[F; BLOCK]; N_COEF],
+/// A block's per-neuron parameters as packs of `GROUPS * V` lanes.
+pub(super) struct BlockCoef<F, const V: usize> {
+    packs: Vec<Coef<P<F, V>>>,
 }
 
-impl<F: Real> BlockCoef<F> {
-    /// Lanes for `coefs`: filled here for scalar parameters, by [`BlockCoef::refill`] per block
-    /// for per-neuron ones.
-    #[inline(always)]
-    pub(super) fn new(coefs: &Coefs<F>) -> Self {
-        let mut b = BlockCoef {
-            lanes: [[F::ZERO; BLOCK]; N_COEF],
-        };
-        match coefs {
-            Coefs::Scalar(c) => {
-                for (lane, v) in b.lanes.iter_mut().zip(c.to_array()) {
-                    *lane = [v; BLOCK];
-                }
-            }
-            Coefs::PerNeuron { .. } => {}
-        }
-        b
-    }
-
-    /// Makes these the lanes of block `(m0, len)` (nothing to do for scalar parameters).
-    #[inline(always)]
-    pub(super) fn refill(&mut self, coefs: &Coefs<F>, (m0, len): (usize, usize)) {
-        if let Coefs::PerNeuron { n, fields } = coefs {
-            for (lane, field) in self.lanes.iter_mut().zip(fields) {
-                for (l, slot) in lane.iter_mut().enumerate() {
-                    // Padding lanes repeat the first neuron, so they stay finite.
-                    let m = m0 + if l < len { l } else { 0 };
-                    *slot = field[m % n];
-                }
-            }
+impl<F: Real, const V: usize> BlockCoef<F, V> {
+    /// Packs for one thread's blocks, filled per block by [`BlockCoef::refill`].
+    pub(super) fn new() -> Self {
+        let zero = Coef::from_fn(|_| <P<F, V>>::splat(F::ZERO));
+        BlockCoef {
+            packs: vec![zero; BLOCK / (GROUPS * V)],
         }
     }
 
-    /// Pack `p` of `GROUPS * V` lanes.
+    /// Makes these the packs of block `(m0, len)`.
     #[inline(always)]
-    pub(super) fn pack<const V: usize>(&self, p: usize) -> Coef<P<F, V>> {
-        let at = p * GROUPS * V;
-        Coef::from_array(std::array::from_fn(|k| {
-            super::LoadStore::load(&self.lanes[k][at..])
-        }))
+    pub(super) fn refill(
+        &mut self,
+        n: usize,
+        fields: &[Vec<F>; N_COEF],
+        (m0, len): (usize, usize),
+    ) {
+        let mut lanes = [F::ZERO; BLOCK];
+        let pack = GROUPS * V;
+        for (k, field) in fields.iter().enumerate() {
+            for (l, slot) in lanes.iter_mut().enumerate() {
+                // Padding lanes repeat the first neuron, so they stay finite.
+                let m = m0 + if l < len { l } else { 0 };
+                *slot = field[m % n];
+            }
+            for (p, c) in self.packs.iter_mut().enumerate() {
+                *c.fields_mut()[k] = <P<F, V>>::load(&lanes[p * pack..]);
+            }
+        }
+    }
+}
+
+/// Where the lane loop takes pack `p`'s parameters from: a reference into [`BlockCoef`], or a
+/// splat made at the use (no closures here: LLVM does not always inline them into the kernels'
+/// instruction-set contexts, and an outlined closure loses AVX2/FMA).
+pub(super) trait PackSource<F, const V: usize> {
+    type Pack<'a>: Deref<Target = Coef<P<F, V>>>
+    where
+        Self: 'a;
+    fn pack(&self, p: usize) -> Self::Pack<'_>;
+}
+
+impl<F: Real, const V: usize> PackSource<F, V> for BlockCoef<F, V> {
+    type Pack<'a> = &'a Coef<P<F, V>>;
+    #[inline(always)]
+    fn pack(&self, p: usize) -> &Coef<P<F, V>> {
+        &self.packs[p]
+    }
+}
+
+/// A splatted parameter set, owned by the pack loop's iteration.
+pub(super) struct Splat<C>(C);
+
+impl<C> Deref for Splat<C> {
+    type Target = C;
+    #[inline(always)]
+    fn deref(&self) -> &C {
+        &self.0
+    }
+}
+
+impl<F: Real, const V: usize> PackSource<F, V> for Coef<F> {
+    type Pack<'a> = Splat<Coef<P<F, V>>>;
+    #[inline(always)]
+    fn pack(&self, _p: usize) -> Splat<Coef<P<F, V>>> {
+        let a = self.to_array();
+        Splat(Coef::from_fn(|k| <P<F, V>>::splat(a[k])))
     }
 }

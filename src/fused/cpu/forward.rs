@@ -6,7 +6,7 @@
 //! run-time values tested outside the lane arithmetic, so one kernel serves them all.
 
 use super::super::math;
-use super::coefs::{BlockCoef, Coefs};
+use super::coefs::{BlockCoef, Coefs, PackSource};
 use super::mem::{load_init, prefetch_ahead, put_row, row_in, stream_fence, PREFETCH_BYTES};
 use super::views::{AnyInit, AnyRows, AnySlice, Native};
 use super::{Blocks, LoadStore, BLOCK, GROUPS, P};
@@ -30,11 +30,11 @@ pub(super) struct Fwd<'a, F> {
 
 /// The forward time loop of one block of lanes `m0..m0+len`.
 #[inline(always)]
-fn fwd_block<const V: usize, const FMA: bool, F: Native>(
+fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
     job: &Fwd<F>,
     (m0, len): (usize, usize),
     stream: bool,
-    coef: &BlockCoef<F>,
+    coef: &impl PackSource<F, V>,
 ) {
     let pack = GROUPS * V;
     let m = job.m;
@@ -46,9 +46,12 @@ fn fwd_block<const V: usize, const FMA: bool, F: Native>(
         load_init(i0, (m0, len), &mut i);
     }
     load_init(&job.a0, (m0, len), &mut a);
-    let syn = job.i0.is_some();
+    // DRIVE: 0 the encoder (no synaptic current), 1 one drive, 2 a second drive.
+    let syn = DRIVE > 0;
     let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
     let prefetching = job.xs.bytes() >= PREFETCH_BYTES;
+    // Spikes in the compute precision go straight into a full block's row (unless streamed).
+    let direct = F::native_rows(&job.spikes).filter(|_| len == BLOCK && !stream);
     for t in 0..job.t {
         let row = t * m + m0..t * m + m0 + len;
         if prefetching {
@@ -57,17 +60,28 @@ fn fwd_block<const V: usize, const FMA: bool, F: Native>(
                 prefetch_ahead(d, (t, job.t), m, (m0, len));
             }
         }
-        let xr = row_in(&job.xs, row.clone(), &mut x);
-        let x2r = job.x2.as_ref().map(|d| row_in(d, row, &mut x2));
+        let in_place = len == BLOCK && !stream;
+        let xr = row_in(&job.xs, row.clone(), &mut x, in_place);
+        let x2r = job
+            .x2
+            .as_ref()
+            .filter(|_| DRIVE == 2)
+            .map(|d| row_in(d, row, &mut x2, in_place));
+        let zs: &mut [F] = match direct {
+            // SAFETY: the block's columns belong to this thread; the segment is dropped at the
+            // end of this step.
+            Some(rows) => unsafe { rows.segment(t, m0, len) },
+            None => &mut z,
+        };
         for p in 0..BLOCK / pack {
-            let c = &coef.pack::<V>(p);
+            let c = &*coef.pack(p);
             let r = p * pack..(p + 1) * pack;
             let xp = <P<F, V>>::load(&xr[r.clone()]);
             let i_jump = if syn {
                 let j = <P<F, V>>::load(&i[r.clone()]) + xp;
                 match x2r {
-                    Some(x2) => j + <P<F, V>>::load(&x2[r.clone()]),
-                    None => j,
+                    Some(x2) if DRIVE == 2 => j + <P<F, V>>::load(&x2[r.clone()]),
+                    _ => j,
                 }
             } else {
                 xp
@@ -78,14 +92,16 @@ fn fwd_block<const V: usize, const FMA: bool, F: Native>(
                 i_jump,
                 <P<F, V>>::load(&a[r.clone()]),
             );
-            zp.store(&mut z[r.clone()]);
+            zp.store(&mut zs[r.clone()]);
             vp.store(&mut v[r.clone()]);
             ap.store(&mut a[r.clone()]);
             if syn {
                 math::synapse(c, i_jump).store(&mut i[r]);
             }
         }
-        put_row(&job.spikes, t, (m0, len), &z, stream);
+        if direct.is_none() {
+            put_row(&job.spikes, t, (m0, len), &z, stream);
+        }
         if let Some(rec) = &job.record {
             for (r, vals) in rec.iter().zip([&v, &i, &a]) {
                 if let Some(r) = r {
@@ -109,11 +125,36 @@ pub(super) fn fwd_blocks<const V: usize, const FMA: bool, F: Native>(
     range: Range<usize>,
     stream: bool,
 ) {
-    let mut coef = BlockCoef::new(job.coefs);
-    for k in range {
-        let block = blocks.get(k);
-        coef.refill(job.coefs, block);
-        fwd_block::<V, FMA, F>(job, block, stream, &coef);
+    // Scalar parameters keep their own copy of the loop: broadcast from registers they run
+    // faster than loaded from lane arrays.
+    let drive = match (job.i0.is_some(), job.x2.is_some()) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 2,
+    };
+    macro_rules! blocks {
+        ($drive:literal) => {
+            match job.coefs {
+                Coefs::Scalar(c) => {
+                    for k in range {
+                        fwd_block::<V, FMA, $drive, F>(job, blocks.get(k), stream, c);
+                    }
+                }
+                Coefs::PerNeuron { n, fields } => {
+                    let mut coef = BlockCoef::<F, V>::new();
+                    for k in range {
+                        let block = blocks.get(k);
+                        coef.refill(*n, fields, block);
+                        fwd_block::<V, FMA, $drive, F>(job, block, stream, &coef);
+                    }
+                }
+            }
+        };
+    }
+    match drive {
+        0 => blocks!(0),
+        1 => blocks!(1),
+        _ => blocks!(2),
     }
     if stream {
         stream_fence();

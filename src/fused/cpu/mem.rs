@@ -40,15 +40,22 @@ pub(super) fn load_init<F: Real>(src: &AnyInit, (m0, len): (usize, usize), dst: 
     with_any!(src, AnyInit, |s| load(s.segment(m0, len), dst))
 }
 
-/// A block's row segment of an input as `BLOCK` lanes: the row itself where it is a full block
-/// in the compute precision (read in place), else converted into `buf` and zero-padded.
+/// A block's row segment of an input as `BLOCK` lanes: with `in_place`, the row itself where it
+/// is a full block in the compute precision, else converted into `buf` and zero-padded.
+///
+/// Rows streamed from DRAM (prefetched into L2 only) are better copied: the copy loop keeps
+/// many misses in flight, while the lane loop, read in place, would wait on each.
 #[inline(always)]
 pub(super) fn row_in<'s, F: Native>(
     src: &AnySlice<'s>,
     row: Range<usize>,
     buf: &'s mut [F; BLOCK],
+    in_place: bool,
 ) -> &'s [F; BLOCK] {
-    if let Some(full) = F::native(src).and_then(|s| <&[F; BLOCK]>::try_from(&s[row.clone()]).ok()) {
+    if let Some(full) = F::native(src)
+        .filter(|_| in_place)
+        .and_then(|s| <&[F; BLOCK]>::try_from(&s[row.clone()]).ok())
+    {
         return full;
     }
     with_any!(src, AnySlice, |s| load(&s[row], buf));

@@ -188,6 +188,8 @@ fn elem_size<T>(_: &Rows<'_, T>) -> usize {
 pub(crate) trait Erase: Sized {
     /// The view's own slice if it holds this dtype (read in place, without conversion).
     fn native<'a>(s: &AnySlice<'a>) -> Option<&'a [Self]>;
+    /// The view's own rows if they hold this dtype (written without conversion).
+    fn native_rows<'r, 'a>(r: &'r AnyRows<'a>) -> Option<&'r Rows<'a, Self>>;
     fn slice(s: &[Self]) -> AnySlice<'_>;
     fn init(s: Init<'_, Self>) -> AnyInit<'_>;
     fn rows(r: Rows<'_, Self>) -> AnyRows<'_>;
@@ -200,6 +202,13 @@ macro_rules! erase {
             fn native<'a>(s: &AnySlice<'a>) -> Option<&'a [Self]> {
                 match s {
                     AnySlice::$v(s) => Some(s),
+                    _ => None,
+                }
+            }
+            #[inline(always)]
+            fn native_rows<'r, 'a>(r: &'r AnyRows<'a>) -> Option<&'r Rows<'a, Self>> {
+                match r {
+                    AnyRows::$v(r) => Some(r),
                     _ => None,
                 }
             }
