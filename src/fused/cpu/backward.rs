@@ -61,7 +61,7 @@ struct Scratch<F> {
 /// prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
+fn recompute<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
     job: &BwdJob<F>,
     t: usize,
     (m0, len): (usize, usize),
@@ -84,7 +84,11 @@ fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
         Some(d) => row_native(&d[row], x2),
         None => &*x2,
     };
-    let syn = SYN;
+    let syn = if SYN == RUNTIME {
+        job.i0.is_some()
+    } else {
+        SYN == 1
+    };
     let pack = GROUPS * V;
     for p in 0..BLOCK / pack {
         let c = &*coef.pack(p);
@@ -115,7 +119,7 @@ fn recompute<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
 
 /// The backward of one block: checkpointed recomputation, then reverse time.
 #[inline(always)]
-fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
+fn bwd_block<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
     job: &BwdJob<F>,
     (m0, len): (usize, usize),
     stream: bool,
@@ -126,7 +130,11 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     let pack = GROUPS * V;
     let alpha = <P<F, V>>::splat(<F as Real>::from_f64(job.alpha));
     let (steps, m) = (job.t, job.m);
-    let syn = SYN;
+    let syn = if SYN == RUNTIME {
+        job.i0.is_some()
+    } else {
+        SYN == 1
+    };
     let zero = <F as Real>::ZERO;
     let nseg = steps.div_ceil(SEG).max(1);
     let (mut v, mut i, mut a, mut x) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
@@ -235,9 +243,12 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: bool, F: Compute>(
     }
 }
 
-/// The blocks `range` of a backward call, in order, on this thread.
+/// The `SYN` of a loop that reads from its job whether there is a synaptic current.
+const RUNTIME: u8 = 2;
+
+/// The blocks `range` of a backward call, in order, on this thread; `SPLIT` as in the forward.
 #[inline(always)]
-pub(super) fn bwd_blocks<const V: usize, const FMA: bool, F: Compute>(
+pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: Compute>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
@@ -247,31 +258,44 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, F: Compute>(
         ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
         seg: Vec::with_capacity(SEG),
     };
+    if !SPLIT {
+        let mut coef = match job.coefs {
+            Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+            Coefs::PerNeuron { .. } => BlockCoef::new(),
+        };
+        for k in range {
+            let block = blocks.get(k);
+            if let Coefs::PerNeuron { n, fields } = job.coefs {
+                coef.refill(*n, fields, block);
+            }
+            bwd_block::<V, FMA, RUNTIME, F>(job, block, stream, &mut scratch, &coef);
+        }
+        if stream {
+            stream_fence();
+        }
+        return;
+    }
+    // Scalar parameters are splatted into the lane packs once: unlike the forward, the
+    // backward measured no faster with a loop of its own for them.
+    let mut coef = match job.coefs {
+        Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+        Coefs::PerNeuron { .. } => BlockCoef::new(),
+    };
     macro_rules! blocks {
         ($syn:literal) => {
-            match job.coefs {
-                Coefs::Scalar(c) => {
-                    for k in range {
-                        bwd_block::<V, FMA, $syn, F>(job, blocks.get(k), stream, &mut scratch, c);
-                    }
+            for k in range {
+                let block = blocks.get(k);
+                if let Coefs::PerNeuron { n, fields } = job.coefs {
+                    coef.refill(*n, fields, block);
                 }
-                Coefs::PerNeuron { n, fields } => {
-                    let mut coef = BlockCoef::<F, V>::new();
-                    for k in range {
-                        let block = blocks.get(k);
-                        coef.refill(*n, fields, block);
-                        bwd_block::<V, FMA, $syn, F>(job, block, stream, &mut scratch, &coef);
-                    }
-                }
+                bwd_block::<V, FMA, $syn, F>(job, block, stream, &mut scratch, &coef)
             }
         };
     }
-    // The encoder (no synaptic current) and the feed-forward neuron keep their own loops: as
-    // run-time branches per pack they cost 10-20 % (AVX2, Zen 3).
     if job.i0.is_some() {
-        blocks!(true)
+        blocks!(1)
     } else {
-        blocks!(false)
+        blocks!(0)
     }
     if stream {
         stream_fence();

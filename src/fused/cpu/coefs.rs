@@ -32,6 +32,14 @@ impl<F: Real, const V: usize> BlockCoef<F, V> {
         }
     }
 
+    /// Packs holding one parameter set in every lane (no refill needed).
+    pub(super) fn splat(c: &Coef<F>) -> Self {
+        let a = c.to_array();
+        BlockCoef {
+            packs: vec![Coef::from_fn(|k| <P<F, V>>::splat(a[k])); BLOCK / (GROUPS * V)],
+        }
+    }
+
     /// Makes these the packs of block `(m0, len)`.
     #[inline(always)]
     pub(super) fn refill(

@@ -46,8 +46,18 @@ fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
         load_init(i0, (m0, len), &mut i);
     }
     load_init(&job.a0, (m0, len), &mut a);
-    // DRIVE: 0 the encoder (no synaptic current), 1 one drive, 2 a second drive.
-    let syn = DRIVE > 0;
+    // DRIVE: 0 the encoder (no synaptic current), 1 one drive, 2 a second drive, RUNTIME
+    // whichever the job has.
+    let syn = if DRIVE == RUNTIME {
+        job.i0.is_some()
+    } else {
+        DRIVE > 0
+    };
+    let two = if DRIVE == RUNTIME {
+        job.x2.is_some()
+    } else {
+        DRIVE == 2
+    };
     let (mut x, mut x2, mut z) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
     let prefetching = job.xs.bytes() >= PREFETCH_BYTES;
     // Spikes in the compute precision go straight into a full block's row (unless streamed).
@@ -65,7 +75,7 @@ fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
         let x2r = job
             .x2
             .as_ref()
-            .filter(|_| DRIVE == 2)
+            .filter(|_| two)
             .map(|d| row_in(d, row, &mut x2, in_place));
         let zs: &mut [F] = match direct {
             // SAFETY: the block's columns belong to this thread; the segment is dropped at the
@@ -80,7 +90,7 @@ fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
             let i_jump = if syn {
                 let j = <P<F, V>>::load(&i[r.clone()]) + xp;
                 match x2r {
-                    Some(x2) if DRIVE == 2 => j + <P<F, V>>::load(&x2[r.clone()]),
+                    Some(x2) if two => j + <P<F, V>>::load(&x2[r.clone()]),
                     _ => j,
                 }
             } else {
@@ -117,14 +127,36 @@ fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
     }
 }
 
-/// The blocks `range` of a forward call, in order, on this thread.
+/// The `DRIVE` of a loop that reads the drive kind from its job.
+const RUNTIME: u8 = 3;
+
+/// The blocks `range` of a forward call, in order, on this thread. With `SPLIT`, each drive
+/// kind and scalar parameters get their own copy of the loop (run-time branches per pack
+/// measured 10-20 % slower on AVX2); without it (the portable path) one loop serves all.
 #[inline(always)]
-pub(super) fn fwd_blocks<const V: usize, const FMA: bool, F: Native>(
+pub(super) fn fwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: Native>(
     job: &Fwd<F>,
     blocks: Blocks,
     range: Range<usize>,
     stream: bool,
 ) {
+    if !SPLIT {
+        let mut coef = match job.coefs {
+            Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+            Coefs::PerNeuron { .. } => BlockCoef::new(),
+        };
+        for k in range {
+            let block = blocks.get(k);
+            if let Coefs::PerNeuron { n, fields } = job.coefs {
+                coef.refill(*n, fields, block);
+            }
+            fwd_block::<V, FMA, RUNTIME, F>(job, block, stream, &coef);
+        }
+        if stream {
+            stream_fence();
+        }
+        return;
+    }
     // Scalar parameters keep their own copy of the loop: broadcast from registers they run
     // faster than loaded from lane arrays.
     let drive = match (job.i0.is_some(), job.x2.is_some()) {

@@ -266,12 +266,12 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
     pub(super) unsafe fn fwd_avx512<F: Native>(job: &Fwd<F>, b: Blocks, r: Range<usize>, s: bool) {
-        forward::fwd_blocks::<VEC_AVX512, true, F>(job, b, r, s)
+        forward::fwd_blocks::<VEC_AVX512, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
     pub(super) unsafe fn fwd_avx2<F: Native>(job: &Fwd<F>, b: Blocks, r: Range<usize>, s: bool) {
-        forward::fwd_blocks::<VEC_AVX2, true, F>(job, b, r, s)
+        forward::fwd_blocks::<VEC_AVX2, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
@@ -281,7 +281,7 @@ mod x86 {
         r: Range<usize>,
         s: bool,
     ) {
-        backward::bwd_blocks::<VEC_AVX512, true, F>(job, b, r, s)
+        backward::bwd_blocks::<VEC_AVX512, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
@@ -291,7 +291,7 @@ mod x86 {
         r: Range<usize>,
         s: bool,
     ) {
-        backward::bwd_blocks::<VEC_AVX2_BWD, true, F>(job, b, r, s)
+        backward::bwd_blocks::<VEC_AVX2_BWD, true, true, F>(job, b, r, s)
     }
 }
 
@@ -361,7 +361,9 @@ fn forward_erased<F: Native>(job: &Fwd<F>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::fwd_avx2(job, blocks, range, stream) },
-        _ => forward::fwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, F>(job, blocks, range, stream),
+        _ => {
+            forward::fwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, false, F>(job, blocks, range, stream)
+        }
     });
 }
 
@@ -381,6 +383,8 @@ pub(crate) fn backward<F: Compute>(job: &BwdJob<F>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::bwd_avx2(job, blocks, range, stream) },
-        _ => backward::bwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, F>(job, blocks, range, stream),
+        _ => {
+            backward::bwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, false, F>(job, blocks, range, stream)
+        }
     });
 }
