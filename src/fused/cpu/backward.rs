@@ -17,7 +17,7 @@ use super::mem::{
     load, prefetch, put_native, row_native, stream_fence, PREFETCH_BYTES, PREFETCH_ROWS,
 };
 use super::views::Rows;
-use super::{Blocks, LoadStore, BLOCK, GROUPS, P};
+use super::{Blocks, LoadStore, BLOCK, P};
 use crate::surrogate::SurrogateMethod;
 use std::ops::Range;
 
@@ -61,11 +61,11 @@ struct Scratch<F> {
 /// prefetched.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn recompute<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
+fn recompute<const V: usize, const G: usize, const FMA: bool, const SYN: u8, F: Compute>(
     job: &BwdJob<F>,
     t: usize,
     (m0, len): (usize, usize),
-    coef: &impl PackSource<F, V>,
+    coef: &impl PackSource<F, V, G>,
     [v, i, a]: [&mut [F; BLOCK]; 3],
     [x, x2]: [&mut [F; BLOCK]; 2],
     mut tape: Option<&mut [[F; BLOCK]; 2]>,
@@ -89,22 +89,22 @@ fn recompute<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
     } else {
         SYN == 1
     };
-    let pack = GROUPS * V;
+    let pack = G * V;
     for p in 0..BLOCK / pack {
         let c = &*coef.pack(p);
         let r = p * pack..(p + 1) * pack;
-        let xp = <P<F, V>>::load(&x[r.clone()]);
+        let xp = <P<F, V, G>>::load(&x[r.clone()]);
         // Without a second drive x2 stays zero, and (i + x) + 0 == i + x.
         let i_jump = if syn {
-            (<P<F, V>>::load(&i[r.clone()]) + xp) + <P<F, V>>::load(&x2[r.clone()])
+            (<P<F, V, G>>::load(&i[r.clone()]) + xp) + <P<F, V, G>>::load(&x2[r.clone()])
         } else {
             xp
         };
         let (vp, ap) = (
-            <P<F, V>>::load(&v[r.clone()]),
-            <P<F, V>>::load(&a[r.clone()]),
+            <P<F, V, G>>::load(&v[r.clone()]),
+            <P<F, V, G>>::load(&a[r.clone()]),
         );
-        let ((_, vn, an), tp) = math::update_taped::<P<F, V>, FMA>(c, vp, i_jump, ap);
+        let ((_, vn, an), tp) = math::update_taped::<P<F, V, G>, FMA>(c, vp, i_jump, ap);
         if let Some(tape) = tape.as_deref_mut() {
             tp.v_dec.store(&mut tape[0][r.clone()]);
             tp.e.store(&mut tape[1][r.clone()]);
@@ -119,16 +119,16 @@ fn recompute<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
 
 /// The backward of one block: checkpointed recomputation, then reverse time.
 #[inline(always)]
-fn bwd_block<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
+fn bwd_block<const V: usize, const G: usize, const FMA: bool, const SYN: u8, F: Compute>(
     job: &BwdJob<F>,
     (m0, len): (usize, usize),
     stream: bool,
     scratch: &mut Scratch<F>,
-    coef: &impl PackSource<F, V>,
+    coef: &impl PackSource<F, V, G>,
 ) {
     let block = (m0, len);
-    let pack = GROUPS * V;
-    let alpha = <P<F, V>>::splat(<F as Real>::from_f64(job.alpha));
+    let pack = G * V;
+    let alpha = <P<F, V, G>>::splat(<F as Real>::from_f64(job.alpha));
     let (steps, m) = (job.t, job.m);
     let syn = if SYN == RUNTIME {
         job.i0.is_some()
@@ -148,7 +148,7 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
     let mut x2 = [zero; BLOCK];
     let prefetching = std::mem::size_of_val(job.xs) >= PREFETCH_BYTES;
     for t in 0..(nseg - 1) * SEG {
-        recompute::<V, FMA, SYN, F>(
+        recompute::<V, G, FMA, SYN, F>(
             job,
             t,
             block,
@@ -176,7 +176,7 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
         scratch.seg.resize(SEG, [[zero; BLOCK]; 2]);
         for t in t0..t1 {
             let tape = &mut scratch.seg[t - t0];
-            recompute::<V, FMA, SYN, F>(
+            recompute::<V, G, FMA, SYN, F>(
                 job,
                 t,
                 block,
@@ -211,19 +211,19 @@ fn bwd_block<const V: usize, const FMA: bool, const SYN: u8, F: Compute>(
                 let c = &*coef.pack(p);
                 let r = p * pack..(p + 1) * pack;
                 let tp = math::Tape {
-                    v_dec: <P<F, V>>::load(&tape[0][r.clone()]),
-                    e: <P<F, V>>::load(&tape[1][r.clone()]),
+                    v_dec: <P<F, V, G>>::load(&tape[0][r.clone()]),
+                    e: <P<F, V, G>>::load(&tape[1][r.clone()]),
                 };
-                let g = math::step_backward::<P<F, V>, FMA>(
+                let g = math::step_backward::<P<F, V, G>, FMA>(
                     c,
                     job.method,
                     alpha,
                     tp,
                     [
-                        <P<F, V>>::load(&gz[r.clone()]),
-                        <P<F, V>>::load(&gv[r.clone()]),
-                        <P<F, V>>::load(&gi[r.clone()]),
-                        <P<F, V>>::load(&ga[r.clone()]),
+                        <P<F, V, G>>::load(&gz[r.clone()]),
+                        <P<F, V, G>>::load(&gv[r.clone()]),
+                        <P<F, V, G>>::load(&gi[r.clone()]),
+                        <P<F, V, G>>::load(&ga[r.clone()]),
                     ],
                 );
                 g.i_jump.store(&mut gx[r.clone()]);
@@ -248,7 +248,13 @@ const RUNTIME: u8 = 2;
 
 /// The blocks `range` of a backward call, in order, on this thread; `SPLIT` as in the forward.
 #[inline(always)]
-pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: Compute>(
+pub(super) fn bwd_blocks<
+    const V: usize,
+    const G: usize,
+    const FMA: bool,
+    const SPLIT: bool,
+    F: Compute,
+>(
     job: &BwdJob<F>,
     blocks: Blocks,
     range: Range<usize>,
@@ -260,7 +266,7 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
     };
     if !SPLIT {
         let mut coef = match job.coefs {
-            Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+            Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
             Coefs::PerNeuron { .. } => BlockCoef::new(),
         };
         for k in range {
@@ -268,7 +274,7 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
             if let Coefs::PerNeuron { n, fields } = job.coefs {
                 coef.refill(*n, fields, block);
             }
-            bwd_block::<V, FMA, RUNTIME, F>(job, block, stream, &mut scratch, &coef);
+            bwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &mut scratch, &coef);
         }
         if stream {
             stream_fence();
@@ -278,7 +284,7 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
     // Scalar parameters are splatted into the lane packs once: unlike the forward, the
     // backward measured no faster with a loop of its own for them.
     let mut coef = match job.coefs {
-        Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+        Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
         Coefs::PerNeuron { .. } => BlockCoef::new(),
     };
     macro_rules! blocks {
@@ -288,7 +294,7 @@ pub(super) fn bwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
                 if let Coefs::PerNeuron { n, fields } = job.coefs {
                     coef.refill(*n, fields, block);
                 }
-                bwd_block::<V, FMA, $syn, F>(job, block, stream, &mut scratch, &coef)
+                bwd_block::<V, G, FMA, $syn, F>(job, block, stream, &mut scratch, &coef)
             }
         };
     }

@@ -6,7 +6,7 @@
 //! loop: broadcasts measured faster than loaded lane arrays for the common scalar case.
 
 use super::super::math::{Coef, Lanes, Real, N_COEF};
-use super::{LoadStore, BLOCK, GROUPS, P};
+use super::{LoadStore, BLOCK, P};
 use std::ops::Deref;
 
 /// Parameters for a call: one set for all neurons, or one per neuron (`[N]` each, the neuron
@@ -18,17 +18,17 @@ pub(crate) enum Coefs<F> {
     PerNeuron { n: usize, fields: [Vec<F>; N_COEF] },
 }
 
-/// A block's per-neuron parameters as packs of `GROUPS * V` lanes.
-pub(super) struct BlockCoef<F, const V: usize> {
-    packs: Vec<Coef<P<F, V>>>,
+/// A block's per-neuron parameters as packs of `G * V` lanes.
+pub(super) struct BlockCoef<F, const V: usize, const G: usize> {
+    packs: Vec<Coef<P<F, V, G>>>,
 }
 
-impl<F: Real, const V: usize> BlockCoef<F, V> {
+impl<F: Real, const V: usize, const G: usize> BlockCoef<F, V, G> {
     /// Packs for one thread's blocks, filled per block by [`BlockCoef::refill`].
     pub(super) fn new() -> Self {
-        let zero = Coef::from_fn(|_| <P<F, V>>::splat(F::ZERO));
+        let zero = Coef::from_fn(|_| <P<F, V, G>>::splat(F::ZERO));
         BlockCoef {
-            packs: vec![zero; BLOCK / (GROUPS * V)],
+            packs: vec![zero; BLOCK / (G * V)],
         }
     }
 
@@ -36,7 +36,7 @@ impl<F: Real, const V: usize> BlockCoef<F, V> {
     pub(super) fn splat(c: &Coef<F>) -> Self {
         let a = c.to_array();
         BlockCoef {
-            packs: vec![Coef::from_fn(|k| <P<F, V>>::splat(a[k])); BLOCK / (GROUPS * V)],
+            packs: vec![Coef::from_fn(|k| <P<F, V, G>>::splat(a[k])); BLOCK / (G * V)],
         }
     }
 
@@ -49,7 +49,7 @@ impl<F: Real, const V: usize> BlockCoef<F, V> {
         (m0, len): (usize, usize),
     ) {
         let mut lanes = [F::ZERO; BLOCK];
-        let pack = GROUPS * V;
+        let pack = G * V;
         for (k, field) in fields.iter().enumerate() {
             for (l, slot) in lanes.iter_mut().enumerate() {
                 // Padding lanes repeat the first neuron, so they stay finite.
@@ -57,7 +57,7 @@ impl<F: Real, const V: usize> BlockCoef<F, V> {
                 *slot = field[m % n];
             }
             for (p, c) in self.packs.iter_mut().enumerate() {
-                *c.fields_mut()[k] = <P<F, V>>::load(&lanes[p * pack..]);
+                *c.fields_mut()[k] = <P<F, V, G>>::load(&lanes[p * pack..]);
             }
         }
     }
@@ -66,17 +66,17 @@ impl<F: Real, const V: usize> BlockCoef<F, V> {
 /// Where the lane loop takes pack `p`'s parameters from: a reference into [`BlockCoef`], or a
 /// splat made at the use (no closures here: LLVM does not always inline them into the kernels'
 /// instruction-set contexts, and an outlined closure loses AVX2/FMA).
-pub(super) trait PackSource<F, const V: usize> {
-    type Pack<'a>: Deref<Target = Coef<P<F, V>>>
+pub(super) trait PackSource<F, const V: usize, const G: usize> {
+    type Pack<'a>: Deref<Target = Coef<P<F, V, G>>>
     where
         Self: 'a;
     fn pack(&self, p: usize) -> Self::Pack<'_>;
 }
 
-impl<F: Real, const V: usize> PackSource<F, V> for BlockCoef<F, V> {
-    type Pack<'a> = &'a Coef<P<F, V>>;
+impl<F: Real, const V: usize, const G: usize> PackSource<F, V, G> for BlockCoef<F, V, G> {
+    type Pack<'a> = &'a Coef<P<F, V, G>>;
     #[inline(always)]
-    fn pack(&self, p: usize) -> &Coef<P<F, V>> {
+    fn pack(&self, p: usize) -> &Coef<P<F, V, G>> {
         &self.packs[p]
     }
 }
@@ -92,11 +92,11 @@ impl<C> Deref for Splat<C> {
     }
 }
 
-impl<F: Real, const V: usize> PackSource<F, V> for Coef<F> {
-    type Pack<'a> = Splat<Coef<P<F, V>>>;
+impl<F: Real, const V: usize, const G: usize> PackSource<F, V, G> for Coef<F> {
+    type Pack<'a> = Splat<Coef<P<F, V, G>>>;
     #[inline(always)]
-    fn pack(&self, _p: usize) -> Splat<Coef<P<F, V>>> {
+    fn pack(&self, _p: usize) -> Splat<Coef<P<F, V, G>>> {
         let a = self.to_array();
-        Splat(Coef::from_fn(|k| <P<F, V>>::splat(a[k])))
+        Splat(Coef::from_fn(|k| <P<F, V, G>>::splat(a[k])))
     }
 }

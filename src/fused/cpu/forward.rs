@@ -9,7 +9,7 @@ use super::super::math;
 use super::coefs::{BlockCoef, Coefs, PackSource};
 use super::mem::{load_init, prefetch_ahead, put_row, row_in, stream_fence, PREFETCH_BYTES};
 use super::views::{AnyInit, AnyRows, AnySlice, Native};
-use super::{Blocks, LoadStore, BLOCK, GROUPS, P};
+use super::{Blocks, LoadStore, BLOCK, P};
 use std::ops::Range;
 
 /// A forward sequence call with its buffers dtype-erased: `T` steps of `M` neurons (`[T, M]`
@@ -30,13 +30,13 @@ pub(super) struct Fwd<'a, F> {
 
 /// The forward time loop of one block of lanes `m0..m0+len`.
 #[inline(always)]
-fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
+fn fwd_block<const V: usize, const G: usize, const FMA: bool, const DRIVE: u8, F: Native>(
     job: &Fwd<F>,
     (m0, len): (usize, usize),
     stream: bool,
-    coef: &impl PackSource<F, V>,
+    coef: &impl PackSource<F, V, G>,
 ) {
-    let pack = GROUPS * V;
+    let pack = G * V;
     let m = job.m;
     let zero = F::ZERO;
     let (mut v, mut i, mut a) = ([zero; BLOCK], [zero; BLOCK], [zero; BLOCK]);
@@ -86,21 +86,21 @@ fn fwd_block<const V: usize, const FMA: bool, const DRIVE: u8, F: Native>(
         for p in 0..BLOCK / pack {
             let c = &*coef.pack(p);
             let r = p * pack..(p + 1) * pack;
-            let xp = <P<F, V>>::load(&xr[r.clone()]);
+            let xp = <P<F, V, G>>::load(&xr[r.clone()]);
             let i_jump = if syn {
-                let j = <P<F, V>>::load(&i[r.clone()]) + xp;
+                let j = <P<F, V, G>>::load(&i[r.clone()]) + xp;
                 match x2r {
-                    Some(x2) if two => j + <P<F, V>>::load(&x2[r.clone()]),
+                    Some(x2) if two => j + <P<F, V, G>>::load(&x2[r.clone()]),
                     _ => j,
                 }
             } else {
                 xp
             };
-            let (zp, vp, ap) = math::update::<P<F, V>, FMA>(
+            let (zp, vp, ap) = math::update::<P<F, V, G>, FMA>(
                 c,
-                <P<F, V>>::load(&v[r.clone()]),
+                <P<F, V, G>>::load(&v[r.clone()]),
                 i_jump,
-                <P<F, V>>::load(&a[r.clone()]),
+                <P<F, V, G>>::load(&a[r.clone()]),
             );
             zp.store(&mut zs[r.clone()]);
             vp.store(&mut v[r.clone()]);
@@ -134,7 +134,13 @@ const RUNTIME: u8 = 3;
 /// kind and scalar parameters get their own copy of the loop (run-time branches per pack
 /// measured 10-20 % slower on AVX2); without it (the portable path) one loop serves all.
 #[inline(always)]
-pub(super) fn fwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: Native>(
+pub(super) fn fwd_blocks<
+    const V: usize,
+    const G: usize,
+    const FMA: bool,
+    const SPLIT: bool,
+    F: Native,
+>(
     job: &Fwd<F>,
     blocks: Blocks,
     range: Range<usize>,
@@ -142,7 +148,7 @@ pub(super) fn fwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
 ) {
     if !SPLIT {
         let mut coef = match job.coefs {
-            Coefs::Scalar(c) => BlockCoef::<F, V>::splat(c),
+            Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
             Coefs::PerNeuron { .. } => BlockCoef::new(),
         };
         for k in range {
@@ -150,7 +156,7 @@ pub(super) fn fwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
             if let Coefs::PerNeuron { n, fields } = job.coefs {
                 coef.refill(*n, fields, block);
             }
-            fwd_block::<V, FMA, RUNTIME, F>(job, block, stream, &coef);
+            fwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &coef);
         }
         if stream {
             stream_fence();
@@ -169,15 +175,15 @@ pub(super) fn fwd_blocks<const V: usize, const FMA: bool, const SPLIT: bool, F: 
             match job.coefs {
                 Coefs::Scalar(c) => {
                     for k in range {
-                        fwd_block::<V, FMA, $drive, F>(job, blocks.get(k), stream, c);
+                        fwd_block::<V, G, FMA, $drive, F>(job, blocks.get(k), stream, c);
                     }
                 }
                 Coefs::PerNeuron { n, fields } => {
-                    let mut coef = BlockCoef::<F, V>::new();
+                    let mut coef = BlockCoef::<F, V, G>::new();
                     for k in range {
                         let block = blocks.get(k);
                         coef.refill(*n, fields, block);
-                        fwd_block::<V, FMA, $drive, F>(job, block, stream, &coef);
+                        fwd_block::<V, G, FMA, $drive, F>(job, block, stream, &coef);
                     }
                 }
             }

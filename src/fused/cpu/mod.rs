@@ -53,10 +53,11 @@ const VEC_AVX512: usize = 16;
 const VEC_AVX2: usize = 8;
 /// The AVX2 backward keeps 16-lane groups (8 measured slower there).
 const VEC_AVX2_BWD: usize = 16;
+const GROUPS_AVX2_BWD: usize = 2;
 /// The portable path's groups (SSE2 / NEON).
 const VEC_PORTABLE: usize = 16;
 /// A pack of compute lanes: `GROUPS` groups of `V` lanes.
-type P<F, const V: usize> = Multi<Pack<F, V>, GROUPS>;
+type P<F, const V: usize, const G: usize> = Multi<Pack<F, V>, G>;
 /// Neuron-steps below which a call runs on one thread (about 10 µs of work: below it, handing
 /// work to a pool worker costs more than it saves).
 const PARALLEL_WORK: usize = 1 << 15;
@@ -266,12 +267,12 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
     pub(super) unsafe fn fwd_avx512<F: Native>(job: &Fwd<F>, b: Blocks, r: Range<usize>, s: bool) {
-        forward::fwd_blocks::<VEC_AVX512, true, true, F>(job, b, r, s)
+        forward::fwd_blocks::<VEC_AVX512, GROUPS, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
     pub(super) unsafe fn fwd_avx2<F: Native>(job: &Fwd<F>, b: Blocks, r: Range<usize>, s: bool) {
-        forward::fwd_blocks::<VEC_AVX2, true, true, F>(job, b, r, s)
+        forward::fwd_blocks::<VEC_AVX2, GROUPS, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c,bmi1,bmi2")]
@@ -281,7 +282,7 @@ mod x86 {
         r: Range<usize>,
         s: bool,
     ) {
-        backward::bwd_blocks::<VEC_AVX512, true, true, F>(job, b, r, s)
+        backward::bwd_blocks::<VEC_AVX512, GROUPS, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
@@ -291,7 +292,7 @@ mod x86 {
         r: Range<usize>,
         s: bool,
     ) {
-        backward::bwd_blocks::<VEC_AVX2_BWD, true, true, F>(job, b, r, s)
+        backward::bwd_blocks::<VEC_AVX2_BWD, GROUPS_AVX2_BWD, true, true, F>(job, b, r, s)
     }
 }
 
@@ -361,9 +362,9 @@ fn forward_erased<F: Native>(job: &Fwd<F>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::fwd_avx2(job, blocks, range, stream) },
-        _ => {
-            forward::fwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, false, F>(job, blocks, range, stream)
-        }
+        _ => forward::fwd_blocks::<VEC_PORTABLE, GROUPS, PORTABLE_FMA, false, F>(
+            job, blocks, range, stream,
+        ),
     });
 }
 
@@ -383,8 +384,8 @@ pub(crate) fn backward<F: Compute>(job: &BwdJob<F>) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::bwd_avx2(job, blocks, range, stream) },
-        _ => {
-            backward::bwd_blocks::<VEC_PORTABLE, PORTABLE_FMA, false, F>(job, blocks, range, stream)
-        }
+        _ => backward::bwd_blocks::<VEC_PORTABLE, GROUPS, PORTABLE_FMA, false, F>(
+            job, blocks, range, stream,
+        ),
     });
 }
