@@ -1,5 +1,6 @@
-//! Criterion benches of the fused CPU kernels beside the reference path and a copy of the same
-//! bytes (the memory roof), in neuron-steps per second, for the shapes.
+//! Criterion benches of the fused CPU kernels beside the reference path and copies of the same
+//! bytes (a plain `memcpy` and the memory roof, with streaming stores), in neuron-steps per
+//! second, for the benchmark shapes.
 //! `adex bench` prints the same comparison quickly without criterion.
 
 use candle_adex::bench::{Op, Workload, SHAPES};
@@ -28,6 +29,9 @@ fn fused(c: &mut Criterion) {
                 bench.iter(|| w.run_fused().expect("fused"))
             });
             group.bench_function(format!("roof_{name}"), |bench| bench.iter(|| w.run_copy()));
+            group.bench_function(format!("memory_roof_{name}"), |bench| {
+                bench.iter(|| w.run_stream_copy())
+            });
             // The reference path is 10-50x slower: only where one call stays short.
             if t * b * n <= 4_000_000 && w.reference_fits() {
                 group.bench_function(format!("reference_{name}"), |bench| {
