@@ -285,19 +285,7 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
         dtypes = vec![DType::F32, DType::BF16, DType::F16];
     }
     if !json {
-        println!(
-            "{:<12} {:<5} {:>18} {:>3} {:>10} {:>9} {:>9} {:>6} {:>10} {:>8}",
-            "op",
-            "dtype",
-            "T,B,N",
-            "thr",
-            "fused G/s",
-            "mem G/s",
-            "cache G/s",
-            "%limit",
-            "ref G/s",
-            "x ref"
-        );
+        print_header(true);
     }
     for &shape in &shapes {
         for &op in &ops_ {
@@ -354,18 +342,7 @@ fn bench_device(
         dtypes.retain(|d| *d != DType::F64); // Metal has no f64
     }
     if !json {
-        println!(
-            "{:<12} {:<5} {:>18} {:>10} {:>9} {:>9} {:>6} {:>10} {:>8}",
-            "op",
-            "dtype",
-            "T,B,N",
-            "fused G/s",
-            "mem G/s",
-            "cache G/s",
-            "%limit",
-            "ref G/s",
-            "x ref"
-        );
+        print_header(false);
     }
     for &shape in &shapes {
         for &op in &ops {
@@ -381,6 +358,15 @@ fn bench_device(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bench table's header (with the thread count on the CPU).
+fn print_header(with_threads: bool) {
+    let threads = if with_threads { " thr" } else { "" };
+    println!(
+        "{:<12} {:<5} {:>18}{threads} {:>10} {:>9} {:>9} {:>6} {:>10} {:>8}",
+        "op", "dtype", "T,B,N", "fused G/s", "mem G/s", "cache G/s", "%limit", "ref G/s", "x ref"
+    );
 }
 
 /// One bench row: JSON, or a table line (with the thread count on the CPU).

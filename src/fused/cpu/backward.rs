@@ -264,44 +264,20 @@ pub(super) fn bwd_blocks<
         ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
         seg: Vec::with_capacity(SEG),
     };
-    if !SPLIT {
-        let mut coef = match job.coefs {
-            Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
-            Coefs::PerNeuron { .. } => BlockCoef::new(),
-        };
-        for k in range {
-            let block = blocks.get(k);
-            if let Coefs::PerNeuron { n, fields } = job.coefs {
-                coef.refill(*n, fields, block);
-            }
-            bwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &mut scratch, &coef);
+    // With SPLIT, the encoder and the feed-forward neuron have their own loops (as run-time
+    // branches per pack they cost 10-20 % on AVX2). Scalar parameters are splatted into the
+    // lane packs: unlike the forward, the backward measured no faster with a loop for them.
+    let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs);
+    let syn = job.i0.is_some();
+    for k in range {
+        let block = blocks.get(k);
+        coef.set_block(job.coefs, block);
+        let s = &mut scratch;
+        match (SPLIT, syn) {
+            (false, _) => bwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, s, &coef),
+            (true, true) => bwd_block::<V, G, FMA, 1, F>(job, block, stream, s, &coef),
+            (true, false) => bwd_block::<V, G, FMA, 0, F>(job, block, stream, s, &coef),
         }
-        if stream {
-            stream_fence();
-        }
-        return;
-    }
-    // Scalar parameters are splatted into the lane packs once: unlike the forward, the
-    // backward measured no faster with a loop of its own for them.
-    let mut coef = match job.coefs {
-        Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
-        Coefs::PerNeuron { .. } => BlockCoef::new(),
-    };
-    macro_rules! blocks {
-        ($syn:literal) => {
-            for k in range {
-                let block = blocks.get(k);
-                if let Coefs::PerNeuron { n, fields } = job.coefs {
-                    coef.refill(*n, fields, block);
-                }
-                bwd_block::<V, G, FMA, $syn, F>(job, block, stream, &mut scratch, &coef)
-            }
-        };
-    }
-    if job.i0.is_some() {
-        blocks!(1)
-    } else {
-        blocks!(0)
     }
     if stream {
         stream_fence();

@@ -24,30 +24,24 @@ pub(super) struct BlockCoef<F, const V: usize, const G: usize> {
 }
 
 impl<F: Real, const V: usize, const G: usize> BlockCoef<F, V, G> {
-    /// Packs for one thread's blocks, filled per block by [`BlockCoef::refill`].
-    pub(super) fn new() -> Self {
-        let zero = Coef::from_fn(|_| <P<F, V, G>>::splat(F::ZERO));
+    /// Packs for one thread's blocks of a call: scalar parameters splatted here, per-neuron
+    /// ones filled block by block by [`BlockCoef::set_block`].
+    pub(super) fn for_call(coefs: &Coefs<F>) -> Self {
+        let one = match coefs {
+            Coefs::Scalar(c) => c.to_array(),
+            Coefs::PerNeuron { .. } => [F::ZERO; N_COEF],
+        };
         BlockCoef {
-            packs: vec![zero; BLOCK / (G * V)],
+            packs: vec![Coef::from_fn(|k| <P<F, V, G>>::splat(one[k])); BLOCK / (G * V)],
         }
     }
 
-    /// Packs holding one parameter set in every lane (no refill needed).
-    pub(super) fn splat(c: &Coef<F>) -> Self {
-        let a = c.to_array();
-        BlockCoef {
-            packs: vec![Coef::from_fn(|k| <P<F, V, G>>::splat(a[k])); BLOCK / (G * V)],
-        }
-    }
-
-    /// Makes these the packs of block `(m0, len)`.
+    /// Makes these the packs of block `(m0, len)` (nothing to do for scalar parameters).
     #[inline(always)]
-    pub(super) fn refill(
-        &mut self,
-        n: usize,
-        fields: &[Vec<F>; N_COEF],
-        (m0, len): (usize, usize),
-    ) {
+    pub(super) fn set_block(&mut self, coefs: &Coefs<F>, (m0, len): (usize, usize)) {
+        let Coefs::PerNeuron { n, fields } = coefs else {
+            return;
+        };
         let mut lanes = [F::ZERO; BLOCK];
         let pack = G * V;
         for (k, field) in fields.iter().enumerate() {

@@ -146,53 +146,24 @@ pub(super) fn fwd_blocks<
     range: Range<usize>,
     stream: bool,
 ) {
-    if !SPLIT {
-        let mut coef = match job.coefs {
-            Coefs::Scalar(c) => BlockCoef::<F, V, G>::splat(c),
-            Coefs::PerNeuron { .. } => BlockCoef::new(),
-        };
-        for k in range {
-            let block = blocks.get(k);
-            if let Coefs::PerNeuron { n, fields } = job.coefs {
-                coef.refill(*n, fields, block);
-            }
-            fwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &coef);
-        }
-        if stream {
-            stream_fence();
-        }
-        return;
-    }
-    // Scalar parameters keep their own copy of the loop: broadcast from registers they run
-    // faster than loaded from lane arrays.
     let drive = match (job.i0.is_some(), job.x2.is_some()) {
         (false, _) => 0,
         (true, false) => 1,
         (true, true) => 2,
     };
-    macro_rules! blocks {
-        ($drive:literal) => {
-            match job.coefs {
-                Coefs::Scalar(c) => {
-                    for k in range {
-                        fwd_block::<V, G, FMA, $drive, F>(job, blocks.get(k), stream, c);
-                    }
-                }
-                Coefs::PerNeuron { n, fields } => {
-                    let mut coef = BlockCoef::<F, V, G>::new();
-                    for k in range {
-                        let block = blocks.get(k);
-                        coef.refill(*n, fields, block);
-                        fwd_block::<V, G, FMA, $drive, F>(job, block, stream, &coef);
-                    }
-                }
-            }
-        };
-    }
-    match drive {
-        0 => blocks!(0),
-        1 => blocks!(1),
-        _ => blocks!(2),
+    let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs);
+    for k in range {
+        let block = blocks.get(k);
+        coef.set_block(job.coefs, block);
+        match (SPLIT, job.coefs, drive) {
+            (false, ..) => fwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &coef),
+            (true, Coefs::Scalar(c), 0) => fwd_block::<V, G, FMA, 0, F>(job, block, stream, c),
+            (true, Coefs::Scalar(c), 1) => fwd_block::<V, G, FMA, 1, F>(job, block, stream, c),
+            (true, Coefs::Scalar(c), _) => fwd_block::<V, G, FMA, 2, F>(job, block, stream, c),
+            (true, _, 0) => fwd_block::<V, G, FMA, 0, F>(job, block, stream, &coef),
+            (true, _, 1) => fwd_block::<V, G, FMA, 1, F>(job, block, stream, &coef),
+            (true, ..) => fwd_block::<V, G, FMA, 2, F>(job, block, stream, &coef),
+        }
     }
     if stream {
         stream_fence();
