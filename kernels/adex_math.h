@@ -156,7 +156,7 @@ ADEX_FN F adex_synapse(AdexCoef<F> c, F i_jump) {
 }
 
 // The drive of a step: the encoder's input current itself, or the feed-forward neuron's
-// synaptic current after the jump, (i + x) (+ x2 with a second drive) (cpu.rs: fwd_block).
+// synaptic current after the jump, (i + x) (+ x2 with a second drive) (src/fused/cpu/forward.rs: fwd_block).
 template <typename F>
 ADEX_FN F adex_jump(bool syn, bool has_x2, F i, F x, F x2) {
     if (!syn) return x;

@@ -148,7 +148,7 @@ fn rust_outputs<F: math::Real>(r: &Record) -> [F; 9] {
     let [gz, gv, gi, ga] = r.grads.map(f);
     let alpha = f(r.alpha);
     let method = SurrogateMethod::ALL[r.method];
-    // cpu.rs forms the drive the same way: (i + x) (+ x2), or x for the encoder.
+    // cpu/forward.rs forms the drive the same way: (i + x) (+ x2), or x for the encoder.
     let i_jump = match (r.syn, r.has_x2) {
         (false, _) => x,
         (true, false) => i + x,
