@@ -16,10 +16,10 @@
 //! backward kernel (reverse-time BPTT with recomputation, see [`cpu`]). Otherwise the kernel
 //! writes separate output tensors directly (no packing, `u8` spikes possible).
 //!
-//! **Precision.** f32, f16 and bf16 are computed in f32 (half types converted a row segment at
-//! a time), f64 in f64; the f32 `exp` is a polynomial accurate to about 1 ulp. A last-bit
-//! difference from the reference can flip a spike of a neuron that lands within an ulp of threshold; the tests count
-//! such flips.
+//! **Precision.** f32, f16 and bf16 are computed in f32 (half types converted a row segment at a
+//! time), f64 in f64; the f32 `exp` is a polynomial accurate to about 1 ulp. A last-bit difference
+//! from the reference can flip a spike of a neuron that lands within an ulp of threshold; the tests
+//! count such flips.
 //!
 //! ```
 //! use candle_adex::{fused, reference, AdexParameters, FeedForwardState};
