@@ -282,6 +282,80 @@ impl AdexParameters {
         Ok(())
     }
 
+    /// The same parameters with every tensor moved to `device`; scalars stay scalars. A
+    /// [`candle_core::Var`] becomes a plain tensor there (make new `Var`s on that device to train).
+    ///
+    /// ```
+    /// use candle_adex::AdexParameters;
+    /// use candle_core::{Device, Tensor};
+    /// let cpu = Device::Cpu;
+    /// let p = AdexParameters { v_th: Tensor::new(&[1f32, 1.2], &cpu)?.into(), ..Default::default() };
+    /// // `Device::cuda_if_available(0)?` with the `cuda` feature; here it is the CPU.
+    /// let q = p.to_device(&cpu)?;
+    /// q.validate_for(2, &cpu)?;
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        self.map_tensors(|t| t.to_device(device))
+    }
+
+    /// The same parameters with every tensor converted to `dtype` (f32, f64, f16 or bf16); scalars
+    /// stay scalars, which the kernels use in the state's precision.
+    ///
+    /// ```
+    /// use candle_adex::{AdexParameters, Param};
+    /// use candle_core::{DType, Device, Tensor};
+    /// let p = AdexParameters { v_th: Tensor::new(&[1f64, 1.2], &Device::Cpu)?.into(), ..Default::default() };
+    /// let q = p.to_dtype(DType::F32)?;
+    /// assert!(matches!(&q.v_th, Param::Tensor(t) if t.dtype() == DType::F32));
+    /// assert!(p.to_dtype(DType::U8).is_err());
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+            bail!("AdexParameters::to_dtype: dtype {dtype:?} is not supported (use f32, f64, f16 or bf16)");
+        }
+        self.map_tensors(|t| t.to_dtype(dtype))
+    }
+
+    /// A copy with `f` applied to every tensor parameter.
+    fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
+        let mut out = self.clone();
+        // Destructured, so that a new field must be handled here.
+        let AdexParameters {
+            adaptation_current,
+            adaptation_spike,
+            delta_t,
+            tau_ada_inv,
+            tau_syn_inv,
+            tau_mem_inv,
+            v_leak,
+            v_th,
+            v_reset,
+            v_peak,
+            method: _,
+            alpha: _,
+            dt: _,
+        } = &mut out;
+        let fields = [
+            adaptation_current,
+            adaptation_spike,
+            delta_t,
+            tau_ada_inv,
+            tau_syn_inv,
+            tau_mem_inv,
+            v_leak,
+            v_th,
+            v_reset,
+        ];
+        for param in fields.into_iter().chain(v_peak.as_mut()) {
+            if let Param::Tensor(t) = param {
+                *t = f(t)?;
+            }
+        }
+        Ok(out)
+    }
+
     /// True when any numeric field is a per-neuron tensor.
     pub fn has_per_neuron(&self) -> bool {
         self.fields().any(|(_, p, _)| p.per_neuron_len().is_some())

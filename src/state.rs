@@ -8,6 +8,20 @@ use crate::params::AdexParameters;
 use candle_core::{bail, DType, Device, Result, Shape, Tensor};
 
 /// State of the feed-forward neuron (norse `LIFAdExFeedForwardState`).
+///
+/// Every state type moves between devices and dtypes with `to_device` and `to_dtype`, and leaves
+/// the autograd graph with `detach`:
+///
+/// ```
+/// use candle_adex::{AdexParameters, FeedForwardState};
+/// use candle_core::{DType, Device};
+/// let s = FeedForwardState::initial(&AdexParameters::default(), 3, DType::F32, &Device::Cpu)?;
+/// let h = s.to_dtype(DType::BF16)?.to_device(&Device::Cpu)?;
+/// assert_eq!(h.v.dtype(), DType::BF16);
+/// assert!(s.to_dtype(DType::I64).is_err());
+/// let _carried = h.detach();
+/// # Ok::<(), candle_core::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct FeedForwardState {
     /// Membrane potential.
@@ -59,6 +73,35 @@ fn leak_potential(
         v.contiguous()
     }
 }
+
+/// `to_device`, `detach` and `to_dtype` for a state struct, tensor by tensor.
+macro_rules! moves {
+    ($state:ident { $($field:ident),+ }) => {
+        impl $state {
+            /// The same state on `device` (each tensor copied there).
+            pub fn to_device(&self, device: &Device) -> Result<Self> {
+                Ok($state { $($field: self.$field.to_device(device)?),+ })
+            }
+
+            /// The same state cut from the autograd graph: streaming inference carries it to the
+            /// next call without chaining every call into one graph, and truncated
+            /// backpropagation through time starts a new window with it.
+            pub fn detach(&self) -> Self {
+                $state { $($field: self.$field.detach()),+ }
+            }
+
+            /// The same state in `dtype` (f32, f64, f16 or bf16).
+            pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+                check_float(dtype, format_args!("{}::to_dtype", stringify!($state)))?;
+                Ok($state { $($field: self.$field.to_dtype(dtype)?),+ })
+            }
+        }
+    };
+}
+
+moves!(FeedForwardState { v, i, a });
+moves!(RecurrentState { z, v, i, a });
+moves!(EncoderState { v, a });
 
 pub(crate) fn check_float(dtype: DType, what: std::fmt::Arguments) -> Result<()> {
     match dtype {

@@ -1,6 +1,6 @@
 //! Layer 5c: the CUDA backend of the fused ops (feature `cuda`): launches the kernels of
-//! `kernels/adex.cu` (PTX for `compute_80`, built and `ptxas`-checked by `build.rs`, embedded
-//! here and loaded once per device with `get_or_load_custom_func`).
+//! `kernels/adex.cu` (PTX for the compute capability `build.rs` chose, `ptxas`-checked there,
+//! embedded here and loaded once per device with `get_or_load_custom_func`).
 //!
 //! One thread per neuron runs the whole time loop with the state in registers; `[T, M]` rows are
 //! read and written coalesced. The backward recomputes the forward: a first pass stores the
@@ -24,8 +24,10 @@ use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
-/// The kernels, compiled by `build.rs`.
+/// The kernels, compiled by `build.rs` for compute capability [`PTX_CAP`].
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/adex.ptx"));
+/// The compute capability the PTX targets (`CUDA_COMPUTE_CAP` at build time, see `build.rs`).
+const PTX_CAP: &str = env!("CANDLE_ADEX_CUDA_CAP");
 /// The module name the PTX is cached under in candle's device.
 const MODULE: &str = "candle_adex_kernels";
 /// Threads per block (the kernels' `__launch_bounds__`).
@@ -94,6 +96,18 @@ fn launch_config(m: usize) -> LaunchConfig {
     }
 }
 
+/// Says why a GPU could not load the kernels when its compute capability is below the PTX's.
+fn arch_error(dev: &CudaDevice, e: candle_core::Error) -> candle_core::Error {
+    let cap: i32 = PTX_CAP.parse().unwrap_or(0);
+    match dev.cuda_stream().context().compute_capability() {
+        Ok((major, minor)) if major * 10 + minor < cap => candle_core::Error::Msg(format!(
+            "candle-adex: the CUDA kernels were built for compute capability {cap} but this GPU \
+             is {major}.{minor}: rebuild with CUDA_COMPUTE_CAP={major}{minor} ({e})"
+        )),
+        _ => e,
+    }
+}
+
 /// A fresh output buffer of `len` elements (uninitialised, or poisoned when asked).
 fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     // SAFETY: every element is written by the kernel before it is read (poisoning makes a miss
@@ -101,7 +115,9 @@ fn output<T: DeviceRepr>(dev: &CudaDevice, len: usize) -> Result<CudaSlice<T>> {
     let mut out = unsafe { dev.alloc::<T>(len.max(1))? };
     if super::poisoning() {
         let bytes = (len.max(1) * std::mem::size_of::<T>()) as u64;
-        let func = dev.get_or_load_custom_func("adex_poison_u8", MODULE, PTX)?;
+        let func = dev
+            .get_or_load_custom_func("adex_poison_u8", MODULE, PTX)
+            .map_err(|e| arch_error(dev, e))?;
         let stream = dev.cuda_stream();
         let (ptr, guard) = out.device_ptr_mut(&stream);
         let mut b = func.builder();
@@ -194,7 +210,9 @@ fn forward<E: Dev, O: Dev>(
             dtype_name(E::DTYPE_OF)?
         }
     );
-    let func = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    let func = dev
+        .get_or_load_custom_func(&name, MODULE, PTX)
+        .map_err(|e| arch_error(dev, e))?;
     let se = std::mem::size_of::<E>() as u64;
     let s = op.neuron.state_len();
     let (tt, mm) = (t as u64, m as u64);
@@ -425,11 +443,13 @@ fn bwd_typed<E: Dev>(
             Shape::from((t + s, m)),
         ));
     }
-    let func = dev.get_or_load_custom_func(
-        &format!("adex_bwd_{}_{}", dtype_name(E::DTYPE_OF)?, op.method as i32),
-        MODULE,
-        PTX,
-    )?;
+    let func = dev
+        .get_or_load_custom_func(
+            &format!("adex_bwd_{}_{}", dtype_name(E::DTYPE_OF)?, op.method as i32),
+            MODULE,
+            PTX,
+        )
+        .map_err(|e| arch_error(&dev, e))?;
     let se = std::mem::size_of::<E>() as u64;
     let (tt, mm) = (t as u64, m as u64);
     let nseg = t.div_ceil(SEG).max(1);
