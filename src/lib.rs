@@ -9,7 +9,7 @@
 //! 1. [`surrogate`]: the spike threshold and its six surrogate gradients;
 //! 2. [`params`]: [`AdexParameters`] with norse's defaults, scalar or per-neuron;
 //! 3. [`state`]: feed-forward, recurrent and encoder states and norse's initial states;
-//! 4. [`reference`]: the AdEx model written once as candle tensor ops, any device and dtype,
+//! 4. [`reference`](mod@reference): the AdEx model written once as candle tensor ops, any device and dtype,
 //!    differentiable;
 //! 5. [`fused`]: the same model as fused kernels (CPU SIMD now), one pass over memory per call,
 //!    with a reverse-time surrogate-gradient backward;

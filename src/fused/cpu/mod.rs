@@ -4,7 +4,7 @@
 //! - Neurons are processed in blocks of [`BLOCK`] lanes; for each block the time loop is the
 //!   outer loop and the lanes the inner one (`forward.rs`, `backward.rs`), so the state stays in
 //!   L1 across all `T` steps and each step offers the core independent dependency chains.
-//! - The lane loop body is [`super::math`] (one scalar definition of the update), which LLVM
+//! - The lane loop body is `fused/math.rs` (one scalar definition of the update), which LLVM
 //!   vectorizes in whichever instruction-set context the block loop is instantiated in:
 //!   AVX-512 (`avx512f/bw/vl/dq` + FMA + F16C), AVX2 + FMA + F16C, or the portable baseline
 //!   (SSE2 on x86-64, NEON on aarch64). The choice is made at run time ([`Isa::detected`]);
