@@ -321,34 +321,20 @@ impl AdexParameters {
     /// A copy with `f` applied to every tensor parameter.
     fn map_tensors(&self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
         let mut out = self.clone();
-        // Destructured, so that a new field must be handled here.
-        let AdexParameters {
-            adaptation_current,
-            adaptation_spike,
-            delta_t,
-            tau_ada_inv,
-            tau_syn_inv,
-            tau_mem_inv,
-            v_leak,
-            v_th,
-            v_reset,
-            v_peak,
-            method: _,
-            alpha: _,
-            dt: _,
-        } = &mut out;
+        let o = &mut out;
+        // Every numeric field of the struct (`fields` lists the same ones with their names).
         let fields = [
-            adaptation_current,
-            adaptation_spike,
-            delta_t,
-            tau_ada_inv,
-            tau_syn_inv,
-            tau_mem_inv,
-            v_leak,
-            v_th,
-            v_reset,
+            &mut o.adaptation_current,
+            &mut o.adaptation_spike,
+            &mut o.delta_t,
+            &mut o.tau_ada_inv,
+            &mut o.tau_syn_inv,
+            &mut o.tau_mem_inv,
+            &mut o.v_leak,
+            &mut o.v_th,
+            &mut o.v_reset,
         ];
-        for param in fields.into_iter().chain(v_peak.as_mut()) {
+        for param in fields.into_iter().chain(o.v_peak.as_mut()) {
             if let Param::Tensor(t) = param {
                 *t = f(t)?;
             }

@@ -96,7 +96,7 @@ fn put<F: Real, O: Elem>(dst: &mut [O], vals: &[F; BLOCK], stream: bool) {
         unreachable!("no kernel call pairs these dtypes");
     }
     let out = |x: F| O::from_f(<O::F as Real>::from_f64(x.to_f64()));
-    if stream && dst.len() == BLOCK && (dst.as_ptr() as usize) % 16 == 0 {
+    if stream && dst.len() == BLOCK && (dst.as_ptr() as usize).is_multiple_of(16) {
         let mut buf = [O::NIL; BLOCK];
         for l in 0..BLOCK {
             buf[l] = out(vals[l]);
@@ -143,7 +143,11 @@ pub(super) fn put_native<F: Real + Elem>(
 #[inline(always)]
 fn stream_copy<O>(dst: &mut [O], src: &[O; BLOCK]) {
     let bytes = std::mem::size_of_val(src);
-    debug_assert!(dst.len() == BLOCK && bytes % 16 == 0 && (dst.as_ptr() as usize) % 16 == 0);
+    debug_assert!(
+        dst.len() == BLOCK
+            && bytes.is_multiple_of(16)
+            && (dst.as_ptr() as usize).is_multiple_of(16)
+    );
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
