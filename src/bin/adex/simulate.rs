@@ -283,29 +283,6 @@ fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
     })
 }
 
-/// Per-neuron parameter tensors moved to `dev`.
-fn to_device(p: &AdexParameters, dev: &Device) -> candle_core::Result<AdexParameters> {
-    let mv = |q: &Param| -> candle_core::Result<Param> {
-        Ok(match q {
-            Param::Tensor(t) => Param::Tensor(t.to_device(dev)?),
-            other => other.clone(),
-        })
-    };
-    Ok(AdexParameters {
-        adaptation_current: mv(&p.adaptation_current)?,
-        adaptation_spike: mv(&p.adaptation_spike)?,
-        delta_t: mv(&p.delta_t)?,
-        tau_ada_inv: mv(&p.tau_ada_inv)?,
-        tau_syn_inv: mv(&p.tau_syn_inv)?,
-        tau_mem_inv: mv(&p.tau_mem_inv)?,
-        v_leak: mv(&p.v_leak)?,
-        v_th: mv(&p.v_th)?,
-        v_reset: mv(&p.v_reset)?,
-        v_peak: p.v_peak.as_ref().map(mv).transpose()?,
-        ..p.clone()
-    })
-}
-
 /// Neurons whose traces the figure shows.
 const TRACED: usize = 3;
 
@@ -316,7 +293,7 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
     let p = parameters(&o, &mut rng)?;
     let dt = p.dt;
     let run = || -> candle_core::Result<Outcome> {
-        let p = to_device(&p, dev)?;
+        let p = p.to_device(dev)?;
         let xs = Tensor::from_vec(input, (steps, n), dev)?.to_dtype(o.dtype)?;
         simulate_population(&o, &p, &xs)
     };
