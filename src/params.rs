@@ -312,9 +312,7 @@ impl AdexParameters {
     /// # Ok::<(), candle_core::Error>(())
     /// ```
     pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
-            bail!("AdexParameters::to_dtype: dtype {dtype:?} is not supported (use f32, f64, f16 or bf16)");
-        }
+        check_float(dtype, format_args!("AdexParameters::to_dtype"))?;
         self.map_tensors(|t| t.to_dtype(dtype))
     }
 
@@ -345,6 +343,15 @@ impl AdexParameters {
     /// True when any numeric field is a per-neuron tensor.
     pub fn has_per_neuron(&self) -> bool {
         self.fields().any(|(_, p, _)| p.per_neuron_len().is_some())
+    }
+}
+
+/// Errors unless `dtype` is one the model computes in (f32, f64, f16, bf16); `what` names the
+/// caller in the message.
+pub(crate) fn check_float(dtype: DType, what: std::fmt::Arguments) -> Result<()> {
+    match dtype {
+        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(()),
+        other => bail!("{what}: dtype {other:?} is not supported (use f32, f64, f16 or bf16)"),
     }
 }
 

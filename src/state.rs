@@ -4,8 +4,9 @@
 //! dtype and one device. Sequences reuse the same structs with a leading time dimension for
 //! recorded trajectories (`[T, ..., N]`).
 
+pub(crate) use crate::params::check_float;
 use crate::params::AdexParameters;
-use candle_core::{bail, DType, Device, Result, Shape, Tensor};
+use candle_core::{DType, Device, Result, Shape, Tensor};
 
 /// State of the feed-forward neuron (norse `LIFAdExFeedForwardState`).
 ///
@@ -102,13 +103,6 @@ macro_rules! moves {
 moves!(FeedForwardState { v, i, a });
 moves!(RecurrentState { z, v, i, a });
 moves!(EncoderState { v, a });
-
-pub(crate) fn check_float(dtype: DType, what: std::fmt::Arguments) -> Result<()> {
-    match dtype {
-        DType::F16 | DType::BF16 | DType::F32 | DType::F64 => Ok(()),
-        other => bail!("{what}: dtype {other:?} is not supported (use f32, f64, f16 or bf16)"),
-    }
-}
 
 impl FeedForwardState {
     /// norse's initial state: `v = v_leak`, `i = a = 0`, of `shape` (`[..., N]`).
