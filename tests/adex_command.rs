@@ -152,6 +152,107 @@ fn simulate_reads_parameter_and_input_files() {
     std::fs::remove_file(input).ok();
 }
 
+/// Runs `simulate --dtype <dtype> --params defaults --input <xs> --record`, and the library's
+/// sequence over the same input in one call: the recorded spikes and states must be equal.
+fn simulate_equals_one_library_call(name: &str, xs: candle_core::Tensor, dtype: &str) {
+    use candle_adex::{lif_adex_feed_forward_seq, AdexParameters, FeedForwardState};
+    use candle_core::{DType, Device};
+    let (input, rec) = (
+        tmp(&format!("{name}-in.safetensors")),
+        tmp(&format!("{name}-rec.safetensors")),
+    );
+    let map = std::collections::HashMap::from([("input".to_string(), xs.clone())]);
+    candle_core::safetensors::save(&map, &input).unwrap();
+    let o = adex(&[
+        "simulate",
+        "--dtype",
+        dtype,
+        "--params",
+        "defaults",
+        "--device",
+        "cpu",
+        "--input",
+        input.to_str().unwrap(),
+        "--record",
+        rec.to_str().unwrap(),
+        "--record-states",
+        "v,i,a",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("norse's default parameters"),
+        "{}",
+        stdout(&o)
+    );
+    let got = candle_core::safetensors::load(&rec, &Device::Cpu).unwrap();
+    let p = AdexParameters::default();
+    let s0 = FeedForwardState::initial(&p, xs.dim(1).unwrap(), xs.dtype(), &Device::Cpu).unwrap();
+    let want = lif_adex_feed_forward_seq(&xs, &s0, &p, true).unwrap();
+    let wide = if xs.dtype() == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let rec_w = want.recorded.unwrap();
+    let spikes = want.spikes.to_dtype(DType::U8).unwrap();
+    for (key, want) in [
+        ("spikes", &spikes),
+        ("v", &rec_w.v),
+        ("i", &rec_w.i),
+        ("a", &rec_w.a),
+    ] {
+        let want = if key == "spikes" {
+            want.clone()
+        } else {
+            want.to_dtype(wide).unwrap()
+        };
+        assert_eq!(got[key].dtype(), want.dtype(), "{name} {key}");
+        let differ: f64 = got[key]
+            .ne(&want)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(
+            differ, 0.0,
+            "{name}: {differ} values of {key} differ from one library call"
+        );
+    }
+    // the run spiked, so the comparison saw dynamics, not a resting population
+    assert!(
+        spikes
+            .to_dtype(DType::F32)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 50.0
+    );
+    std::fs::remove_file(input).ok();
+    std::fs::remove_file(rec).ok();
+}
+
+#[test]
+fn simulate_keeps_the_runs_dtype_and_does_not_depend_on_its_chunks() {
+    use candle_core::{DType, Device, Tensor};
+    // A noisy input with bits below f32's precision, over 250 steps (three progress chunks).
+    let (t, n) = (250, 60);
+    let x: Vec<f64> = (0..t * n)
+        .map(|k| 1.5 + (k as f64 * 0.7311).sin() * 2.0 + 1e-9 * (k % 7) as f64)
+        .collect();
+    let xs = Tensor::from_vec(x, (t, n), &Device::Cpu).unwrap();
+    // f64: the file's input is not rounded to f32 on its way to an f64 run.
+    simulate_equals_one_library_call("f64", xs.clone(), "f64");
+    // bf16 and f16: the state stays in f32 between chunks, as in one library call.
+    for (dtype, name) in [(DType::BF16, "bf16"), (DType::F16, "f16")] {
+        simulate_equals_one_library_call(name, xs.to_dtype(dtype).unwrap(), name);
+    }
+}
+
 #[test]
 fn patterns_and_fi_curve_print_and_plot() {
     let png = tmp("patterns.png");

@@ -31,15 +31,22 @@ OPTIONS:
                        file with a tensor `input` [T, N] (sets --steps and --neurons)
     --input-mean X     mean input current per step, scaled per neuron by 0.5..1.5 (default 0.4)
     --input-noise X    standard deviation of the white input noise (default 0.3)
-    --params FILE      parameters from a .toml or .json file instead of the built-in population:
-                       keys adaptation_current, adaptation_spike, delta_T, tau_ada_inv,
-                       tau_syn_inv, tau_mem_inv, v_leak, v_th, v_reset, v_peak, method, alpha, dt;
-                       each a number or a list of one number per neuron; unknown keys and
-                       invalid values are errors naming the key
+    --params P         population (default): the built-in heterogeneous population drawn from
+                       --seed; defaults: norse's default parameters for every neuron; or a .toml
+                       or .json file whose keys (adaptation_current, adaptation_spike, delta_T,
+                       tau_ada_inv, tau_syn_inv, tau_mem_inv, v_leak, v_th, v_reset, v_peak,
+                       method, alpha, dt) override the defaults, each a number or a list of one
+                       number per neuron; unknown keys and invalid values are errors naming the
+                       key. The header line says which ran
     --plot FILE        figure (.png or .svg): spike raster, v and a traces of three neurons,
                        firing-rate histogram
     --record FILE      write a .safetensors file: `spikes` [T, N] (u8) and the --record-states
-                       trajectories [T, N] (f32), with dt in its metadata
+                       trajectories [T, N] (f64 for --dtype f64, else f32, holding the values of
+                       the run's dtype), with dt in its metadata
+
+The input stays in the run's dtype (a file's f64 input is not rounded to f32 for an f64 run), and
+f16/bf16 runs keep the state in f32 between the chunks the progress bar is drawn after, as one
+library call does: the result does not depend on the chunking.
     --record-states L  comma-separated subset of v,i,a to record (default v,a)";
 
 /// Where the input current comes from.
@@ -47,6 +54,16 @@ enum Input {
     Noisy,
     Constant,
     Ramp,
+    File(PathBuf),
+}
+
+/// Which parameters a run uses.
+enum Params {
+    /// The built-in heterogeneous population (per-neuron draws from the seed).
+    Population,
+    /// norse's defaults for every neuron.
+    Defaults,
+    /// A parameter file over the defaults.
     File(PathBuf),
 }
 
@@ -61,7 +78,7 @@ struct SimOptions {
     input: Input,
     input_mean: f64,
     input_noise: f64,
-    params: Option<PathBuf>,
+    params: Params,
     plot: Option<PathBuf>,
     record: Option<PathBuf>,
     record_states: Vec<String>,
@@ -78,7 +95,7 @@ fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
         input: Input::Noisy,
         input_mean: 0.4,
         input_noise: 0.3,
-        params: None,
+        params: Params::Population,
         plot: None,
         record: None,
         record_states: vec!["v".into(), "a".into()],
@@ -142,7 +159,13 @@ fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
                 }
                 o.device = value.clone();
             }
-            "--params" => o.params = Some(value.into()),
+            "--params" => {
+                o.params = match value.as_str() {
+                    "population" => Params::Population,
+                    "defaults" => Params::Defaults,
+                    file => Params::File(file.into()),
+                }
+            }
             "--plot" => {
                 if !(value.ends_with(".png") || value.ends_with(".svg")) {
                     return Err(format!(
@@ -213,8 +236,9 @@ pub fn simulate(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The input currents `[T, N]` (f32, host) and the population size.
-fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Vec<f32>, String> {
+/// The input currents `[T, N]` on the host: a file's tensor as stored, generated ones in f64
+/// for an f64 run and in f32 otherwise. Sets the population size and steps from a file.
+fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Tensor, String> {
     if let Input::File(path) = &o.input {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| format!("--input {}: {e}", path.display()))?;
@@ -232,36 +256,52 @@ fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Vec<f32>, String>
                 x.dims()
             )
         })?;
+        if !x.dtype().is_float() {
+            return Err(format!(
+                "--input {}: `input` must hold floats, got {:?}",
+                path.display(),
+                x.dtype()
+            ));
+        }
         (o.steps, o.neurons) = (t, n);
-        let flat = x
-            .to_dtype(DType::F32)
-            .and_then(|x| x.flatten_all()?.to_vec1::<f32>());
-        return flat.map_err(|e| e.to_string());
+        return Ok(x.clone());
     }
     let n = o.neurons;
     let gain: Vec<f64> = (0..n).map(|_| rng.uniform(0.5, 1.5)).collect();
     let steps = o.steps;
-    Ok((0..steps * n)
-        .map(|k| {
-            let (t, j) = (k / n, k % n);
-            let mean = o.input_mean * gain[j];
-            (match o.input {
-                Input::Constant => mean,
-                Input::Ramp => 2.0 * mean * t as f64 / steps as f64 + o.input_noise * rng.normal(),
-                _ => mean + o.input_noise * rng.normal(),
-            }) as f32
-        })
-        .collect())
+    let mut value = |k: usize| {
+        let (t, j) = (k / n, k % n);
+        let mean = o.input_mean * gain[j];
+        match o.input {
+            Input::Constant => mean,
+            Input::Ramp => 2.0 * mean * t as f64 / steps as f64 + o.input_noise * rng.normal(),
+            _ => mean + o.input_noise * rng.normal(),
+        }
+    };
+    let x = if o.dtype == DType::F64 {
+        Tensor::from_vec(
+            (0..steps * n).map(value).collect(),
+            (steps, n),
+            &Device::Cpu,
+        )
+    } else {
+        let v: Vec<f32> = (0..steps * n).map(|k| value(k) as f32).collect();
+        Tensor::from_vec(v, (steps, n), &Device::Cpu)
+    };
+    x.map_err(|e| e.to_string())
 }
 
-/// The built-in heterogeneous population, or the parameter file's.
+/// The built-in heterogeneous population, norse's defaults, or the parameter file's.
 fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
     let n = o.neurons;
-    if let Some(path) = &o.params {
-        let base = AdexParameters {
-            dt: o.dt,
-            ..Default::default()
-        };
+    let base = AdexParameters {
+        dt: o.dt,
+        ..Default::default()
+    };
+    if let Params::Defaults = o.params {
+        return Ok(base);
+    }
+    if let Params::File(path) = &o.params {
         let p = config::load(path, base)?;
         p.validate_for(n, &Device::Cpu)
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -278,8 +318,7 @@ fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
         tau_ada_inv: per_neuron(1.0, 4.0)?,
         adaptation_spike: per_neuron(0.0, 0.1)?,
         adaptation_current: per_neuron(2.0, 6.0)?,
-        dt: o.dt,
-        ..Default::default()
+        ..base
     })
 }
 
@@ -294,15 +333,20 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
     let dt = p.dt;
     let run = || -> candle_core::Result<Outcome> {
         let p = p.to_device(dev)?;
-        let xs = Tensor::from_vec(input, (steps, n), dev)?.to_dtype(o.dtype)?;
+        let xs = input.to_device(dev)?.to_dtype(o.dtype)?;
         simulate_population(&o, &p, &xs)
     };
     let path = match fused::unsupported_reason(&p, dev) {
         None => "fused kernels".to_string(),
         Some(why) => format!("reference path: {why}"),
     };
+    let params = match &o.params {
+        Params::Population => format!("built-in heterogeneous population, seed {}", o.seed),
+        Params::Defaults => "norse's default parameters".to_string(),
+        Params::File(path) => format!("parameters from {}", path.display()),
+    };
     println!(
-        "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {}, {path})",
+        "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {}, {path}; {params})",
         o.dtype,
         match dev {
             Device::Cuda(_) => "cuda",
@@ -330,8 +374,9 @@ struct Outcome {
     spikes: Vec<f32>,
     final_a: Vec<f64>,
     mean_a: Vec<(usize, f64)>,
-    /// `[T, N]` trajectories by name, when recorded.
-    recorded: HashMap<String, Vec<f32>>,
+    /// `[T, N]` trajectories by name (chunks on the host, f64 for an f64 run, else f32), when
+    /// recorded.
+    recorded: HashMap<String, Vec<Tensor>>,
     /// `[T, TRACED]` v and a of the first neurons, for the figure.
     traces: [Vec<f32>; 2],
 }
@@ -343,7 +388,15 @@ fn simulate_population(
 ) -> candle_core::Result<Outcome> {
     let (steps, n) = xs.dims2()?;
     let need_states = o.plot.is_some() || o.record.is_some();
-    let mut state = FeedForwardState::initial(p, n, o.dtype, xs.device())?;
+    // The state in the compute precision between chunks (f32 for f16/bf16), as one library call
+    // keeps it: each chunk's input is widened exactly, and only what is reported is rounded.
+    let compute = candle_adex::reference::compute_dtype(o.dtype);
+    let record_dtype = if o.dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let mut state = FeedForwardState::initial(p, n, compute, xs.device())?;
     let start = Instant::now();
     let chunk = 100.min(steps);
     let mut out = Outcome {
@@ -359,12 +412,15 @@ fn simulate_population(
     };
     for begin in (0..steps).step_by(chunk) {
         let len = chunk.min(steps - begin);
-        let seq = lif_adex_feed_forward_seq(&xs.narrow(0, begin, len)?, &state, p, need_states)?;
+        let x = xs.narrow(0, begin, len)?.to_dtype(compute)?;
+        let seq = lif_adex_feed_forward_seq(&x, &state, p, need_states)?;
         out.spikes.extend(host(&seq.spikes)?);
         if let Some(rec) = &seq.recorded {
             let k = TRACED.min(n);
-            out.traces[0].extend(host(&rec.v.narrow(1, 0, k)?.contiguous()?)?);
-            out.traces[1].extend(host(&rec.a.narrow(1, 0, k)?.contiguous()?)?);
+            // What a run in o.dtype returns: the states rounded to it.
+            let round = |t: &Tensor| t.to_dtype(o.dtype)?.to_dtype(record_dtype);
+            out.traces[0].extend(host(&round(&rec.v.narrow(1, 0, k)?)?.contiguous()?)?);
+            out.traces[1].extend(host(&round(&rec.a.narrow(1, 0, k)?)?.contiguous()?)?);
             if o.record.is_some() {
                 for name in &o.record_states {
                     let t = match name.as_str() {
@@ -375,13 +431,14 @@ fn simulate_population(
                     out.recorded
                         .entry(name.clone())
                         .or_default()
-                        .extend(host(t)?);
+                        .push(round(t)?.to_device(&Device::Cpu)?);
                 }
             }
         }
         state = seq.state;
         let a = state
             .a
+            .to_dtype(o.dtype)?
             .to_dtype(DType::F64)?
             .mean_all()?
             .to_scalar::<f64>()?;
@@ -397,7 +454,11 @@ fn simulate_population(
     if out.wall > 0.5 {
         eprintln!();
     }
-    out.final_a = state.a.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    out.final_a = state
+        .a
+        .to_dtype(o.dtype)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
     Ok(out)
 }
 
@@ -505,9 +566,8 @@ fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), Str
         "spikes".to_string(),
         Tensor::from_vec(spikes, (steps, n), &Device::Cpu).map_err(err)?,
     )];
-    for (name, values) in &out.recorded {
-        let t = Tensor::from_vec(values.clone(), (steps, n), &Device::Cpu).map_err(err)?;
-        tensors.push((name.clone(), t));
+    for (name, chunks) in &out.recorded {
+        tensors.push((name.clone(), Tensor::cat(chunks, 0).map_err(err)?));
     }
     let meta = HashMap::from([
         ("dt".to_string(), dt.to_string()),
