@@ -86,6 +86,23 @@ pub fn cuda_retain_pool_memory(dev: &Device) -> Result<()> {
     cuda::retain_pool_memory(dev.as_cuda_device()?)
 }
 
+/// [`cuda_retain_pool_memory`] when `dev` is a CUDA device and this build has the `cuda`
+/// feature; nothing otherwise. For code that is compiled with and without the feature (the
+/// `adex` command is a crate of its own, so it cannot test this crate's features).
+///
+/// ```
+/// candle_adex::fused::retain_pool_memory(&candle_core::Device::Cpu)?; // nothing to keep
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn retain_pool_memory(dev: &Device) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() {
+        return cuda_retain_pool_memory(dev);
+    }
+    let _ = dev;
+    Ok(())
+}
+
 /// True when `CANDLE_ADEX_POISON` asks the GPU backends to fill every output buffer with `0xff`
 /// bytes (NaN in every float type) before the kernel writes it, so that an element the kernel
 /// misses shows as NaN (the GPU checks use it).

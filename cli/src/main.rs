@@ -321,11 +321,7 @@ fn bench_device(
     }
     .map_err(|e| format!("--device {name}: {e}"))?;
     // Fresh outputs from the pool, not mapped anew on every call (see the function's docs).
-    #[cfg(feature = "cuda")]
-    if dev.is_cuda() {
-        candle_adex::fused::cuda_retain_pool_memory(&dev)
-            .map_err(|e| format!("--device cuda: {e}"))?;
-    }
+    candle_adex::fused::retain_pool_memory(&dev).map_err(|e| format!("--device {name}: {e}"))?;
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
         if !quick {
