@@ -9,6 +9,7 @@
 //! adex bench [options]         fused kernels vs reference path vs memory roof
 //! ```
 
+mod args;
 mod config;
 mod explore;
 mod font;
@@ -16,61 +17,27 @@ mod plot;
 mod png;
 mod simulate;
 
+use args::{BenchArgs, BenchDevice, Cli, Command, ConformanceArgs, PathChoice};
 use candle_adex::bench::{self, Op};
 use candle_adex::fused::cpu::{with_isa, Isa};
 use candle_adex::{conformance, ops};
 use candle_core::{DType, Device};
+use clap::{CommandFactory, Parser};
 use std::io::Write;
 use std::process::ExitCode;
 
-const HELP: &str = "\
-adex: AdEx neurons (norse semantics) on candle
+/// Why a command failed: its input (exit code 2, as for clap's own usage errors; found before
+/// any work starts) or the run itself (exit code 1).
+pub enum Failure {
+    Usage(String),
+    Run(String),
+}
 
-USAGE:
-    adex simulate [OPTIONS]      simulate a population: firing statistics, plot, recording
-    adex patterns [OPTIONS]      the classic AdEx firing patterns under a current step
-    adex fi-curve [OPTIONS]      firing rate against input current
-    adex conformance FILE...     replay norse golden files (norse-adex-golden/1) and compare
-    adex bench [OPTIONS]         fused kernels against the reference path and the memory roof
-    adex help                    this text
-
-Run `adex <command> --help` for the options of a command.";
-
-const CONFORMANCE_HELP: &str = "\
-adex conformance FILE...: replay golden runs of norse (safetensors files in the format of
-norse-adex-golden/1) through this crate. Prints one line per case with its measured errors and
-tolerances, then `N passed, M failed, K skipped`. Exits non-zero if a case fails or a file
-cannot be read.
-
-OPTIONS:
-    --path P     auto (default: the fused kernels where they serve, else the reference path),
-                 fused (always the fused kernels) or reference (always the reference path)";
-
-const BENCH_HELP: &str = "\
-adex bench: neuron-steps per second of the fused CPU kernels beside the limits measured in the
-same run: the memory roof (a copy of the bytes the op must move, with streaming stores, on as
-many threads as the kernel), the in-cache figure (the same op and dtype at 100,1,4096, whose
-input stays in cache: the kernel's compute speed) and %limit, the row's fraction of the lower
-of the two; and the reference path (candle tensor ops). Sequences write into caller-owned
-buffers (see `fused::lif_adex_feed_forward_seq_into`).
-
-OPTIONS:
-    --json             one JSON object per line: op, dtype, device, isa, t, b, n, threads,
-                       neuron_steps_per_s, roof_neuron_steps_per_s (plain memcpy),
-                       memory_roof_neuron_steps_per_s, in_cache_neuron_steps_per_s,
-                       reference_neuron_steps_per_s
-    --quick            only the two small shapes
-    --shape T,B,N      only this shape (repeatable)
-    --op OP            step, step_into, seq, seq_u8, seq_fwd_bwd (kernels, f32) or seq_autograd
-                       (candle backward() end to end) (repeatable; default all)
-    --dtype D          f32, bf16, f16 or f64 (repeatable; default f32, bf16, f16)
-    --isa I            avx512, avx2 or portable (default: the best this CPU has)
-    --no-reference     skip the reference path (it is slow at the large shapes)
-    --device D         cpu (default), cuda or metal: on a GPU the ops are step, seq, seq_u8,
-                       seq_bwd (the backward kernel alone) and encoder_seq, the roof a
-                       device-to-device copy of the same bytes, the shapes the four above plus
-                       1000,1,262144 (1 GB of f32 input), dtypes f32, bf16, f16 and f64 (Metal:
-                       no f64)";
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Run(message)
+    }
+}
 
 /// Lets a closed output pipe end the program quietly, as it ends other command-line tools
 /// (`adex bench | head`): Rust ignores SIGPIPE, so `println!` would panic on the write error.
@@ -91,72 +58,54 @@ fn die_quietly_on_closed_pipe() {
 fn main() -> ExitCode {
     #[cfg(unix)]
     die_quietly_on_closed_pipe();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or(&[]);
-    let wants_help = rest.iter().any(|a| a == "--help" || a == "-h");
-    let result = match args.first().map(String::as_str) {
-        Some("simulate") if wants_help => Ok(print(simulate::HELP)),
-        Some("simulate") => simulate::simulate(rest),
-        Some("patterns") if wants_help => Ok(print(explore::PATTERNS_HELP)),
-        Some("patterns") => explore::patterns_cmd(rest),
-        Some("fi-curve") if wants_help => Ok(print(explore::FI_HELP)),
-        Some("fi-curve") => explore::fi_cmd(rest),
-        Some("conformance") if wants_help => Ok(print(CONFORMANCE_HELP)),
-        Some("conformance") => conformance_cmd(rest),
-        Some("bench") if wants_help => Ok(print(BENCH_HELP)),
-        Some("bench") => bench_cmd(rest),
-        Some("help" | "--help" | "-h") | None => Ok(print(HELP)),
-        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    let cli = Cli::parse();
+    if !cli.verbose {
+        // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; one line unless
+        // asked for (panics keep theirs). Set before any thread starts.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+    let result = match cli.command {
+        None => {
+            Cli::command().print_long_help().ok();
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Simulate(a)) => simulate::simulate(a),
+        Some(Command::Patterns(a)) => explore::patterns_cmd(a),
+        Some(Command::FiCurve(a)) => explore::fi_cmd(a),
+        Some(Command::Conformance(a)) => conformance_cmd(a).map_err(Failure::from),
+        Some(Command::Bench(a)) => bench_cmd(a),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "adex", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
-        Err(message) => {
-            eprintln!("adex: {message}");
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}\n\nFor more information, try '--help'.");
             ExitCode::from(2)
         }
-    }
-}
-
-fn print(text: &str) -> ExitCode {
-    println!("{text}");
-    ExitCode::SUCCESS
-}
-
-fn conformance_cmd(args: &[String]) -> Result<ExitCode, String> {
-    let mut path = ops::Path::Auto;
-    let mut files = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if a == "--path" {
-            path = match it.next().map(String::as_str) {
-                Some("auto") => ops::Path::Auto,
-                Some("fused") => ops::Path::Fused,
-                Some("reference") => ops::Path::Reference,
-                other => {
-                    return Err(format!(
-                        "--path must be auto, fused or reference, got {other:?}"
-                    ))
-                }
-            };
-        } else if a.starts_with("--") {
-            return Err(format!("unknown option {a}\n\n{CONFORMANCE_HELP}"));
-        } else {
-            files.push(a.clone());
+        Err(Failure::Run(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
         }
     }
-    ops::with_path(path, || conformance_files(&files))
 }
 
-fn conformance_files(files: &[String]) -> Result<ExitCode, String> {
-    if files.is_empty() {
-        return Err(format!(
-            "conformance needs at least one file\n\n{CONFORMANCE_HELP}"
-        ));
-    }
+fn conformance_cmd(a: ConformanceArgs) -> Result<ExitCode, String> {
+    let path = match a.path {
+        PathChoice::Auto => ops::Path::Auto,
+        PathChoice::Fused => ops::Path::Fused,
+        PathChoice::Reference => ops::Path::Reference,
+    };
+    ops::with_path(path, || conformance_files(&a.files))
+}
+
+fn conformance_files(files: &[std::path::PathBuf]) -> Result<ExitCode, String> {
     let mut all = vec![];
     let mut unreadable = false;
     for file in files {
-        match conformance::GoldenFile::open(file.as_ref()) {
+        match conformance::GoldenFile::open(file) {
             Ok(golden) => {
                 for report in golden.run() {
                     println!("{report}");
@@ -178,103 +127,53 @@ fn conformance_files(files: &[String]) -> Result<ExitCode, String> {
     })
 }
 
-pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f64" => Ok(DType::F64),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(format!(
-            "dtype must be f32, f64, f16 or bf16, got {other:?}"
-        )),
-    }
-}
-
-fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
-    let (mut json, mut quick, mut with_reference) = (false, false, true);
-    let (mut shapes, mut ops_, mut dtypes) = (Vec::new(), Vec::new(), Vec::new());
-    let mut isa = Isa::detected();
-    let mut device: Option<String> = None;
-    let mut dev_ops: Vec<&'static str> = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = || {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{a} needs a value\n\n{BENCH_HELP}"))
-        };
-        match a.as_str() {
-            "--json" => json = true,
-            "--quick" => quick = true,
-            "--no-reference" => with_reference = false,
-            "--shape" => {
-                let v = value()?;
-                let dims: Vec<usize> = v
-                    .split(',')
-                    .map(|d| d.trim().parse::<usize>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|_| {
-                        format!("--shape must be T,B,N with positive integers, got {v:?}")
-                    })?;
-                match dims[..] {
-                    [t, b, n] if t > 0 && b > 0 && n > 0 => shapes.push((t, b, n)),
-                    _ => {
-                        return Err(format!(
-                            "--shape must be T,B,N with positive integers, got {v:?}"
-                        ))
-                    }
-                }
-            }
-            "--device" => {
-                let v = value()?;
-                match v.as_str() {
-                    "cpu" => device = None,
-                    "cuda" | "metal" => device = Some(v),
-                    _ => return Err(format!("--device must be cpu, cuda or metal, got {v:?}")),
-                }
-            }
-            "--op" if device.is_some() => {
-                let v = value()?;
-                let op = bench::DEVICE_OPS
-                    .into_iter()
-                    .find(|o| *o == v)
-                    .ok_or_else(|| {
-                        format!(
-                            "--op on a device must be one of {:?}, got {v:?}",
-                            bench::DEVICE_OPS
-                        )
-                    })?;
-                dev_ops.push(op);
-            }
-            "--op" => {
-                let v = value()?;
-                let op = Op::ALL.into_iter().find(|o| o.name() == v).ok_or_else(|| {
-                    format!(
-                        "--op must be step, step_into, seq, seq_u8, seq_fwd_bwd or seq_autograd, got {v:?}"
-                    )
-                })?;
-                ops_.push(op);
-            }
-            "--dtype" => dtypes.push(parse_dtype(&value()?)?),
-            "--isa" => {
-                let v = value()?;
-                isa = Isa::available()
-                    .into_iter()
-                    .find(|i| i.name() == v)
-                    .ok_or_else(|| {
-                        let names: Vec<_> = Isa::available().iter().map(|i| i.name()).collect();
-                        format!(
-                            "--isa must be one this CPU has ({}), got {v:?}",
-                            names.join(", ")
-                        )
-                    })?;
-            }
-            other => return Err(format!("unknown option {other}\n\n{BENCH_HELP}")),
+fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
+    let (json, quick, with_reference) = (a.json, a.quick, !a.no_reference);
+    let shapes = a.shapes.clone();
+    let mut dtypes: Vec<DType> = a.dtypes.iter().map(|d| d.dtype()).collect();
+    let isa = match a.isa {
+        None => Isa::detected(),
+        Some(choice) => {
+            let name = format!("{choice:?}").to_lowercase();
+            let available = Isa::available();
+            available
+                .iter()
+                .copied()
+                .find(|i| i.name() == name)
+                .ok_or_else(|| {
+                    let names: Vec<_> = available.iter().map(|i| i.name()).collect();
+                    Failure::Usage(format!("--isa {name}: this CPU has {}", names.join(", ")))
+                })?
         }
+    };
+    if a.device != BenchDevice::Cpu {
+        let name = if a.device == BenchDevice::Cuda {
+            "cuda"
+        } else {
+            "metal"
+        };
+        let mut dev_ops = vec![];
+        for op in &a.ops {
+            let known = bench::DEVICE_OPS.into_iter().find(|o| o == op);
+            dev_ops.push(known.ok_or_else(|| {
+                Failure::Usage(format!(
+                    "--op {op} does not run on a GPU (there: {})",
+                    bench::DEVICE_OPS.join(", ")
+                ))
+            })?);
+        }
+        return bench_device(name, json, quick, with_reference, shapes, dev_ops, dtypes);
     }
-    if let Some(name) = device {
-        return bench_device(&name, json, quick, with_reference, shapes, dev_ops, dtypes);
+    let mut ops_ = vec![];
+    for op in &a.ops {
+        let known = Op::ALL.into_iter().find(|o| o.name() == op);
+        ops_.push(known.ok_or_else(|| {
+            Failure::Usage(format!(
+                "--op {op} runs only on a GPU (--device cuda or metal)"
+            ))
+        })?);
     }
+    let mut shapes = shapes;
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
     }
@@ -284,14 +183,21 @@ fn bench_cmd(args: &[String]) -> Result<ExitCode, String> {
     if dtypes.is_empty() {
         dtypes = vec![DType::F32, DType::BF16, DType::F16];
     }
+    // The kernel-level backward runs in f32 (half types convert first).
+    let runs = |op: Op, dtype: DType| op != Op::SeqFwdBwd || dtype == DType::F32;
+    if !ops_.iter().any(|&op| dtypes.iter().any(|&d| runs(op, d))) {
+        return Err(Failure::Usage(
+            "nothing to measure: seq_fwd_bwd runs in f32 only (add --dtype f32)".into(),
+        ));
+    }
     if !json {
         print_header(true);
     }
     for &shape in &shapes {
         for &op in &ops_ {
             for &dtype in &dtypes {
-                if op == Op::SeqFwdBwd && dtype != DType::F32 {
-                    continue; // the kernel-level backward runs in f32 (half types convert first)
+                if !runs(op, dtype) {
+                    continue;
                 }
                 let row = with_isa(isa, || bench::measure(op, dtype, shape, with_reference))
                     .and_then(|r| r)
@@ -314,7 +220,7 @@ fn bench_device(
     mut shapes: Vec<(usize, usize, usize)>,
     mut ops: Vec<&'static str>,
     mut dtypes: Vec<DType>,
-) -> Result<ExitCode, String> {
+) -> Result<ExitCode, Failure> {
     let dev = match name {
         "metal" => Device::new_metal(0),
         _ => Device::new_cuda(0),

@@ -1,9 +1,9 @@
 //! `adex simulate`: a heterogeneous population under a noisy current, its statistics, a figure
 //! and a recording.
 
-use super::config;
-use super::explore::positive;
+use super::args::{Input, Params, SimDevice, SimulateArgs};
 use super::plot::{Figure, Mark, Panel, PALETTE};
+use super::{config, Failure};
 use candle_adex::{fused, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
@@ -12,68 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-pub const HELP: &str = "\
-adex simulate: a population of AdEx neurons with heterogeneous parameters (per neuron v_th,
-tau_ada_inv, adaptation_spike, adaptation_current) and a noisy input current, on the best
-available device through the fused kernels; prints neurons, steps, wall time, neuron-steps/s,
-the firing-rate distribution, ISI variability and adaptation, with a progress bar for long runs.
-
-OPTIONS:
-    --neurons N        population size (default 1000)
-    --steps T          time steps (default 1000, one simulated second at dt = 1 ms)
-    --dt DT            time step in seconds (default 0.001)
-    --dtype D          f32, f64, f16 or bf16 (default f32)
-    --device D         auto (default: cuda or metal when built with it and present, else cpu),
-                       cpu, cuda, metal
-    --seed S           seed of the parameter and input draws (default 1)
-    --input KIND       noisy (default): mean x gain + white noise; constant: mean x gain;
-                       ramp: 0 to 2 x mean x gain over the run, plus noise; or a .safetensors
-                       file with a tensor `input` [T, N] (sets --steps and --neurons)
-    --input-mean X     mean input current per step, scaled per neuron by 0.5..1.5 (default 0.4)
-    --input-noise X    standard deviation of the white input noise (default 0.3)
-    --params P         population (default): the built-in heterogeneous population drawn from
-                       --seed; defaults: norse's default parameters for every neuron; or a .toml
-                       or .json file whose keys (adaptation_current, adaptation_spike, delta_T,
-                       tau_ada_inv, tau_syn_inv, tau_mem_inv, v_leak, v_th, v_reset, v_peak,
-                       method, alpha, dt) override the defaults, each a number or a list of one
-                       number per neuron; unknown keys and invalid values are errors naming the
-                       key. The header line says which ran
-    --plot FILE        figure (.png or .svg): spike raster, v and a traces of three neurons,
-                       firing-rate histogram
-    --record FILE      write a .safetensors file: `spikes` [T, N] (u8) and the --record-states
-                       trajectories [T, N] (f64 for --dtype f64, else f32, holding the values of
-                       the run's dtype), with dt in its metadata
-
-The input stays in the run's dtype (a file's f64 input is not rounded to f32 for an f64 run), and
-f16/bf16 runs keep the state in f32 between the chunks the progress bar is drawn after, as one
-library call does: the result does not depend on the chunking.
-    --record-states L  comma-separated subset of v,i,a to record (default v,a)";
-
-/// Where the input current comes from.
-enum Input {
-    Noisy,
-    Constant,
-    Ramp,
-    File(PathBuf),
-}
-
-/// Which parameters a run uses.
-enum Params {
-    /// The built-in heterogeneous population (per-neuron draws from the seed).
-    Population,
-    /// norse's defaults for every neuron.
-    Defaults,
-    /// A parameter file over the defaults.
-    File(PathBuf),
-}
-
-/// Options of `simulate`.
+/// Options of `simulate`, as the run uses them.
 struct SimOptions {
     neurons: usize,
     steps: usize,
     dt: f64,
     dtype: DType,
-    device: String,
+    device: SimDevice,
     seed: u64,
     input: Input,
     input_mean: f64,
@@ -84,115 +29,28 @@ struct SimOptions {
     record_states: Vec<String>,
 }
 
-fn parse_simulate(args: &[String]) -> Result<SimOptions, String> {
-    let mut o = SimOptions {
-        neurons: 1000,
-        steps: 1000,
-        dt: 0.001,
-        dtype: DType::F32,
-        device: "auto".into(),
-        seed: 1,
-        input: Input::Noisy,
-        input_mean: 0.4,
-        input_noise: 0.3,
-        params: Params::Population,
-        plot: None,
-        record: None,
-        record_states: vec!["v".into(), "a".into()],
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("option {flag} needs a value (see adex simulate --help)"))?;
-        let num = |what: &str| -> Result<f64, String> {
-            value
-                .parse::<f64>()
-                .ok()
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| format!("{flag}: expected {what}, got {value:?}"))
-        };
-        let count = || -> Result<usize, String> {
-            value
-                .parse::<usize>()
-                .ok()
-                .filter(|&v| v > 0)
-                .ok_or_else(|| format!("{flag}: expected a positive integer, got {value:?}"))
-        };
-        match flag.as_str() {
-            "--neurons" => o.neurons = count()?,
-            "--steps" => o.steps = count()?,
-            "--dt" => o.dt = positive(flag, value)?,
-            "--seed" => {
-                o.seed = value
-                    .parse()
-                    .map_err(|_| format!("--seed: expected an integer, got {value:?}"))?
-            }
-            "--input-mean" => o.input_mean = num("a number")?,
-            "--input-noise" => {
-                o.input_noise = num("a number")?;
-                if o.input_noise < 0.0 {
-                    return Err(format!("--input-noise: must be >= 0, got {value}"));
-                }
-            }
-            "--input" => {
-                o.input = match value.as_str() {
-                    "noisy" => Input::Noisy,
-                    "constant" => Input::Constant,
-                    "ramp" => Input::Ramp,
-                    file if file.ends_with(".safetensors") => Input::File(file.into()),
-                    other => {
-                        return Err(format!(
-                    "--input: expected noisy, constant, ramp or a .safetensors file, got {other:?}"
-                ))
-                    }
-                }
-            }
-            "--dtype" => {
-                o.dtype = super::parse_dtype(value).map_err(|e| format!("--dtype: {e}"))?
-            }
-            "--device" => {
-                if !["auto", "cpu", "cuda", "metal"].contains(&value.as_str()) {
-                    return Err(format!(
-                        "--device: expected auto, cpu, cuda or metal, got {value:?}"
-                    ));
-                }
-                o.device = value.clone();
-            }
-            "--params" => {
-                o.params = match value.as_str() {
-                    "population" => Params::Population,
-                    "defaults" => Params::Defaults,
-                    file => Params::File(file.into()),
-                }
-            }
-            "--plot" => {
-                if !(value.ends_with(".png") || value.ends_with(".svg")) {
-                    return Err(format!(
-                        "--plot: the file must end in .png or .svg, got {value:?}"
-                    ));
-                }
-                o.plot = Some(value.into())
-            }
-            "--record" => {
-                if !value.ends_with(".safetensors") {
-                    return Err(format!(
-                        "--record: the file must end in .safetensors, got {value:?}"
-                    ));
-                }
-                o.record = Some(value.into())
-            }
-            "--record-states" => {
-                let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = list.iter().find(|s| !["v", "i", "a"].contains(&s.as_str())) {
-                    return Err(format!("--record-states: {bad:?} is not one of v, i, a"));
-                }
-                o.record_states = list;
-            }
-            _ => return Err(format!("unknown option {flag} (see adex simulate --help)")),
+impl From<SimulateArgs> for SimOptions {
+    fn from(a: SimulateArgs) -> Self {
+        SimOptions {
+            neurons: a.neurons,
+            steps: a.steps,
+            dt: a.dt,
+            dtype: a.dtype.dtype(),
+            device: a.device,
+            seed: a.seed,
+            input: a.input,
+            input_mean: a.input_mean,
+            input_noise: a.input_noise,
+            params: a.params,
+            plot: a.plot,
+            record: a.record,
+            record_states: a
+                .record_states
+                .iter()
+                .map(|s| s.name().to_string())
+                .collect(),
         }
     }
-    Ok(o)
 }
 
 /// A small deterministic generator (SplitMix64) with uniform and normal draws.
@@ -216,23 +74,23 @@ impl Rng {
     }
 }
 
-fn device(choice: &str) -> Result<Device, String> {
+fn device(choice: SimDevice) -> Result<Device, String> {
     match choice {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
-        "metal" => Device::new_metal(0).map_err(|e| format!("--device metal: {e}")),
+        SimDevice::Cpu => Ok(Device::Cpu),
+        SimDevice::Cuda => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
+        SimDevice::Metal => Device::new_metal(0).map_err(|e| format!("--device metal: {e}")),
         // auto: a GPU when this build has CUDA or Metal and one answers, the CPU otherwise (a
         // build with a GPU feature on a machine without that GPU gets an error here, not a GPU)
-        _ => Ok(Device::new_cuda(0)
+        SimDevice::Auto => Ok(Device::new_cuda(0)
             .or_else(|_| Device::new_metal(0))
             .unwrap_or(Device::Cpu)),
     }
 }
 
-pub fn simulate(args: &[String]) -> Result<ExitCode, String> {
-    let o = parse_simulate(args)?;
-    let dev = device(&o.device)?;
-    run_simulation(o, &dev).map_err(|e| e.to_string())?;
+pub fn simulate(a: SimulateArgs) -> Result<ExitCode, Failure> {
+    let o = SimOptions::from(a);
+    let dev = device(o.device)?;
+    run_simulation(o, &dev)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -325,11 +183,28 @@ fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
 /// Neurons whose traces the figure shows.
 const TRACED: usize = 3;
 
-fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), String> {
+fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
+    // Input and parameter files are read and checked before any work: an input file first (it
+    // sets the population size the parameters are checked for). The generated input draws from
+    // the seed before the built-in population does.
     let mut rng = Rng(o.seed);
-    let input = input_currents(&mut o, &mut rng)?;
+    let file_input = match &o.input {
+        Input::File(_) => Some(input_currents(&mut o, &mut rng).map_err(Failure::Usage)?),
+        _ => None,
+    };
+    let given = match &o.params {
+        Params::Population => None,
+        _ => Some(parameters(&o, &mut rng).map_err(Failure::Usage)?),
+    };
+    let input = match file_input {
+        Some(x) => x,
+        None => input_currents(&mut o, &mut rng).map_err(Failure::Usage)?,
+    };
+    let p = match given {
+        Some(p) => p,
+        None => parameters(&o, &mut rng).map_err(Failure::Usage)?,
+    };
     let (n, steps) = (o.neurons, o.steps);
-    let p = parameters(&o, &mut rng)?;
     let dt = p.dt;
     let run = || -> candle_core::Result<Outcome> {
         let p = p.to_device(dev)?;

@@ -297,42 +297,142 @@ fn patterns_and_fi_curve_print_and_plot() {
 }
 
 #[test]
-fn help_and_user_mistakes() {
+fn help_version_and_completions() {
     for cmd in ["simulate", "patterns", "fi-curve", "bench", "conformance"] {
-        let o = adex(&[cmd, "--help"]);
+        // `adex CMD --help` and `adex help CMD` print the command's own help
+        for args in [vec![cmd, "--help"], vec!["help", cmd]] {
+            let o = adex(&args);
+            assert!(o.status.success(), "{args:?}");
+            let out = stdout(&o);
+            assert!(
+                out.contains(&format!("Usage: adex {cmd}")) && out.contains("Options:"),
+                "{args:?}: {out}"
+            );
+        }
+    }
+    // typed values list what they allow
+    let out = stdout(&adex(&["help", "bench"]));
+    assert!(
+        out.contains("f32") && out.contains("bf16") && out.contains("avx2"),
+        "{out}"
+    );
+    for flag in ["--version", "-V"] {
+        let o = adex(&[flag]);
         assert!(o.status.success());
-        assert!(
-            stdout(&o).contains("OPTIONS") || stdout(&o).contains("USAGE"),
-            "{cmd}"
+        assert_eq!(
+            stdout(&o).trim(),
+            format!("adex {}", env!("CARGO_PKG_VERSION"))
         );
     }
+    for (shell, needle) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef adex"),
+        ("fish", "complete -c adex"),
+    ] {
+        let o = adex(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let script = stdout(&o);
+        assert!(script.contains(needle), "{shell}: {script}");
+        assert!(
+            script.contains("fi-curve") && script.contains("--record-states"),
+            "{shell}"
+        );
+    }
+}
+
+#[test]
+fn options_take_either_form_in_any_order() {
+    // `--flag=value` and `--flag value`, in any order
+    let o = adex(&["simulate", "--steps=20", "--neurons=10", "--dtype", "bf16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("simulating 10 AdEx neurons for 20 steps"),
+        "{}",
+        stdout(&o)
+    );
+    // --op before --device: judged against the device given after it (this build has no GPU,
+    // so the device is what fails, at run time)
+    let o = adex(&["bench", "--op", "seq_bwd", "--device", "cuda", "--quick"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--device cuda"), "{}", stderr(&o));
+    // a GPU-only op on the CPU is refused, not dropped
+    let o = adex(&["bench", "--op", "seq_bwd"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("runs only on a GPU"), "{}", stderr(&o));
+}
+
+#[test]
+fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
     for (args, needle) in [
         (
             vec!["simulate", "--neurons", "zero"],
-            "--neurons: expected a positive integer",
+            "expected a positive integer",
         ),
+        (vec!["simulate", "--neurons"], "a value is required"),
         (
             vec!["simulate", "--plot", "x.jpg", "--steps", "10"],
             ".png or .svg",
         ),
         (
+            vec!["simulate", "--plot", "/nonexistent/dir/x.png"],
+            "no directory /nonexistent/dir",
+        ),
+        (
+            vec!["simulate", "--record", "/nonexistent/r.safetensors"],
+            "no directory /nonexistent",
+        ),
+        (
             vec!["simulate", "--input", "sine"],
-            "--input: expected noisy",
+            "expected noisy, constant, ramp",
         ),
         (
             vec!["simulate", "--record-states", "v,q"],
-            "\"q\" is not one of v, i, a",
+            "possible values: v, i, a",
         ),
         (
-            vec!["patterns", "--pattern", "chattering"],
-            "unknown firing pattern",
+            vec!["simulate", "--dtype", "f8"],
+            "possible values: f32, f64, f16, bf16",
         ),
-        (vec!["fi-curve", "--points", "1"], "--points"),
+        (vec!["simulate", "--json"], "unexpected argument '--json'"),
+        (
+            vec!["patterns", "--pattern", "chattering"],
+            "possible values: tonic",
+        ),
+        (
+            vec!["patterns", "--pattern", "tonic", "--duration", "0.05"],
+            "--onset",
+        ),
+        (
+            vec!["fi-curve", "--points", "1"],
+            "expected an integer >= 2",
+        ),
         (vec!["fi-curve", "--transient", "2"], "--transient"),
-        (vec!["frobnicate"], "unknown command"),
+        (
+            vec!["fi-curve", "--params", "p.toml", "--pattern", "tonic"],
+            "cannot be used with",
+        ),
+        (vec!["bench", "--shape", "10,1"], "expected T,B,N"),
+        (
+            vec![
+                "bench",
+                "--op",
+                "seq_fwd_bwd",
+                "--dtype",
+                "f16",
+                "--shape",
+                "10,1,128",
+            ],
+            "nothing to measure",
+        ),
+        (
+            vec!["bench", "--isa", "sse"],
+            "possible values: avx512, avx2, portable",
+        ),
+        (vec!["conformance"], "required"),
+        (vec!["frobnicate"], "unrecognized subcommand"),
     ] {
         let o = adex(&args);
-        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let err = stderr(&o);
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(
@@ -340,6 +440,22 @@ fn help_and_user_mistakes() {
             "{err}"
         );
     }
+    // a bad parameter file: one line naming the file and key, even with RUST_BACKTRACE set
+    let params = tmp("bad.toml");
+    std::fs::write(&params, "tau_mem = 50\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_adex"))
+        .args(["simulate", "--params", params.to_str().unwrap()])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("tau_mem") && err.contains("bad.toml"), "{err}");
+    assert!(err.lines().count() <= 3, "{err}");
+    std::fs::remove_file(params).ok();
+    // a failure while running (an unreadable golden file) exits 1
+    let o = adex(&["conformance", "/nonexistent.safetensors"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }
 
 #[test]
