@@ -86,9 +86,9 @@ pub fn cuda_retain_pool_memory(dev: &Device) -> Result<()> {
     cuda::retain_pool_memory(dev.as_cuda_device()?)
 }
 
-/// `cuda_retain_pool_memory` (feature `cuda`) when `dev` is a CUDA device and this build has the `cuda`
-/// feature; nothing otherwise. For code that is compiled with and without the feature (the
-/// `adex` command is a crate of its own, so it cannot test this crate's features).
+/// `cuda_retain_pool_memory` when `dev` is a CUDA device and this build has the `cuda` feature;
+/// nothing otherwise. For code compiled with and without the feature (the `adex` command is a
+/// crate of its own, so it cannot test this crate's features).
 ///
 /// ```
 /// candle_adex::fused::retain_pool_memory(&candle_core::Device::Cpu)?; // nothing to keep
