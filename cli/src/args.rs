@@ -35,8 +35,9 @@ pub enum Command {
         adaptation.\n\nThe input stays in the run's dtype (a file's f64 input is not rounded to \
         f32 for an f64 run), and f16/bf16 runs keep the state in f32 between the chunks the \
         progress bar is drawn after, as one library call does: the result does not depend on \
-        the chunking. Memory: about (4 + 4 x recorded states) bytes per neuron-step on the \
-        host, plus the input in the run's dtype on the device."
+        the chunking.\n\nMemory: about 5 bytes per neuron-step on the host (the input in f32 and \
+        the spikes), 2 more in f16/bf16, 9 in f64, and 4 (f64: 8) per recorded state; a run \
+        that needs more than the machine has available is refused before it starts."
     )]
     Simulate(SimulateArgs),
     /// The classic AdEx firing patterns under a current step

@@ -6,8 +6,12 @@ use super::plot::{Figure, Mark, Panel, PALETTE};
 use super::{config, Failure};
 use candle_adex::{fused, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
 use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::{SmallRng, StdRng};
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+use rayon::prelude::*;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -53,26 +57,52 @@ impl From<SimulateArgs> for SimOptions {
     }
 }
 
-/// A small deterministic generator (SplitMix64) with uniform and normal draws.
-struct Rng(u64);
+/// Host bytes per neuron-step the run holds at once: the input (and its copy in a half dtype),
+/// the spikes (u8) and each recorded trajectory.
+fn bytes_per_neuron_step(o: &SimOptions) -> u64 {
+    let wide = if o.dtype == DType::F64 { 8 } else { 4 };
+    let cast = if o.dtype.size_in_bytes() == 2 { 2 } else { 0 };
+    let recorded = if o.record.is_some() {
+        o.record_states.len() as u64
+    } else {
+        0
+    };
+    wide + cast + 1 + recorded * wide
+}
 
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64)
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.uniform(f64::MIN_POSITIVE, 1.0);
-        let u2 = self.uniform(0.0, 1.0);
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+/// Refuses a run that needs more memory than the machine has available (Linux reports it; other
+/// systems are not checked).
+fn check_memory(o: &SimOptions) -> Result<(), String> {
+    let need = (o.steps as u64)
+        .checked_mul(o.neurons as u64)
+        .and_then(|ns| ns.checked_mul(bytes_per_neuron_step(o)))
+        .ok_or_else(|| {
+            format!(
+                "{} steps of {} neurons do not fit in memory",
+                o.steps, o.neurons
+            )
+        })?;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    });
+    match available {
+        Some(have) if need > have => Err(format!(
+            "{} steps of {} neurons need about {:.1} GiB of memory ({} bytes per neuron-step), \
+             and {:.1} GiB are available: fewer --steps or --neurons, or fewer --record-states",
+            o.steps,
+            o.neurons,
+            need as f64 / (1u64 << 30) as f64,
+            bytes_per_neuron_step(o),
+            have as f64 / (1u64 << 30) as f64
+        )),
+        _ => Ok(()),
     }
 }
+
+/// Steps per independently seeded block of the generated input: blocks are drawn in parallel,
+/// and the input depends on the seed only, not on the number of threads.
+const NOISE_ROWS: usize = 16;
 
 fn device(choice: SimDevice) -> Result<Device, String> {
     match choice {
@@ -96,7 +126,7 @@ pub fn simulate(a: SimulateArgs) -> Result<ExitCode, Failure> {
 
 /// The input currents `[T, N]` on the host: a file's tensor as stored, generated ones in f64
 /// for an f64 run and in f32 otherwise. Sets the population size and steps from a file.
-fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Tensor, String> {
+fn input_currents(o: &mut SimOptions, rng: &mut StdRng) -> Result<Tensor, String> {
     if let Input::File(path) = &o.input {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| format!("--input {}: {e}", path.display()))?;
@@ -124,33 +154,41 @@ fn input_currents(o: &mut SimOptions, rng: &mut Rng) -> Result<Tensor, String> {
         (o.steps, o.neurons) = (t, n);
         return Ok(x.clone());
     }
-    let n = o.neurons;
-    let gain: Vec<f64> = (0..n).map(|_| rng.uniform(0.5, 1.5)).collect();
-    let steps = o.steps;
-    let mut value = |k: usize| {
-        let (t, j) = (k / n, k % n);
-        let mean = o.input_mean * gain[j];
-        match o.input {
-            Input::Constant => mean,
-            Input::Ramp => 2.0 * mean * t as f64 / steps as f64 + o.input_noise * rng.normal(),
-            _ => mean + o.input_noise * rng.normal(),
-        }
-    };
+    let gain: Vec<f64> = (0..o.neurons).map(|_| rng.random_range(0.5..1.5)).collect();
+    let shape = (o.steps, o.neurons);
     let x = if o.dtype == DType::F64 {
-        Tensor::from_vec(
-            (0..steps * n).map(value).collect(),
-            (steps, n),
-            &Device::Cpu,
-        )
+        Tensor::from_vec(generated(o, &gain, |x| x), shape, &Device::Cpu)
     } else {
-        let v: Vec<f32> = (0..steps * n).map(|k| value(k) as f32).collect();
-        Tensor::from_vec(v, (steps, n), &Device::Cpu)
+        Tensor::from_vec(generated(o, &gain, |x| x as f32), shape, &Device::Cpu)
     };
     x.map_err(|e| e.to_string())
 }
 
+/// The generated input `[T, N]`, row-major, in blocks of [`NOISE_ROWS`] steps on all cores.
+fn generated<T: Copy + Send>(o: &SimOptions, gain: &[f64], cast: fn(f64) -> T) -> Vec<T> {
+    let (steps, n) = (o.steps, o.neurons);
+    let noise = Normal::new(0.0, o.input_noise).expect("--input-noise is finite and >= 0");
+    let mut data = vec![cast(0.0); steps * n];
+    data.par_chunks_mut(NOISE_ROWS * n)
+        .enumerate()
+        .for_each(|(block, rows)| {
+            let stream = (block as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut rng = SmallRng::seed_from_u64(o.seed ^ stream);
+            for (k, x) in rows.iter_mut().enumerate() {
+                let (t, j) = (block * NOISE_ROWS + k / n, k % n);
+                let mean = o.input_mean * gain[j];
+                *x = cast(match o.input {
+                    Input::Constant => mean,
+                    Input::Ramp => 2.0 * mean * t as f64 / steps as f64 + noise.sample(&mut rng),
+                    _ => mean + noise.sample(&mut rng),
+                });
+            }
+        });
+    data
+}
+
 /// The built-in heterogeneous population, norse's defaults, or the parameter file's.
-fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
+fn parameters(o: &SimOptions, rng: &mut StdRng) -> Result<AdexParameters, String> {
     let n = o.neurons;
     let base = AdexParameters {
         dt: o.dt,
@@ -166,7 +204,7 @@ fn parameters(o: &SimOptions, rng: &mut Rng) -> Result<AdexParameters, String> {
         return Ok(p);
     }
     let mut per_neuron = |lo: f64, hi: f64| -> Result<Param, String> {
-        let v: Vec<f32> = (0..n).map(|_| rng.uniform(lo, hi) as f32).collect();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi) as f32).collect();
         Ok(Param::Tensor(
             Tensor::from_vec(v, n, &Device::Cpu).map_err(|e| e.to_string())?,
         ))
@@ -187,7 +225,7 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
     // Input and parameter files are read and checked before any work: an input file first (it
     // sets the population size the parameters are checked for). The generated input draws from
     // the seed before the built-in population does.
-    let mut rng = Rng(o.seed);
+    let mut rng = StdRng::seed_from_u64(o.seed);
     let file_input = match &o.input {
         Input::File(_) => Some(input_currents(&mut o, &mut rng).map_err(Failure::Usage)?),
         _ => None,
@@ -196,6 +234,7 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
         Params::Population => None,
         _ => Some(parameters(&o, &mut rng).map_err(Failure::Usage)?),
     };
+    check_memory(&o).map_err(Failure::Usage)?;
     let input = match file_input {
         Some(x) => x,
         None => input_currents(&mut o, &mut rng).map_err(Failure::Usage)?,
@@ -246,7 +285,8 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
 /// What a simulation produced (host copies).
 struct Outcome {
     wall: f64,
-    spikes: Vec<f32>,
+    /// `[T, N]` spikes, 0 or 1.
+    spikes: Vec<u8>,
     final_a: Vec<f64>,
     mean_a: Vec<(usize, f64)>,
     /// `[T, N]` trajectories by name (chunks on the host, f64 for an f64 run, else f32), when
@@ -272,6 +312,12 @@ fn simulate_population(
         DType::F32
     };
     let mut state = FeedForwardState::initial(p, n, compute, xs.device())?;
+    // Drawn on a terminal only (indicatif hides it when stderr is a file or a pipe).
+    let progress = ProgressBar::new(steps as u64).with_style(
+        ProgressStyle::with_template("[{bar:30}] {pos}/{len} steps, {eta} left")
+            .expect("a valid template")
+            .progress_chars("#>-"),
+    );
     let start = Instant::now();
     let chunk = 100.min(steps);
     let mut out = Outcome {
@@ -289,7 +335,12 @@ fn simulate_population(
         let len = chunk.min(steps - begin);
         let x = xs.narrow(0, begin, len)?.to_dtype(compute)?;
         let seq = lif_adex_feed_forward_seq(&x, &state, p, need_states)?;
-        out.spikes.extend(host(&seq.spikes)?);
+        out.spikes.extend(
+            seq.spikes
+                .to_dtype(DType::U8)?
+                .flatten_all()?
+                .to_vec1::<u8>()?,
+        );
         if let Some(rec) = &seq.recorded {
             let k = TRACED.min(n);
             // What a run in o.dtype returns: the states rounded to it.
@@ -318,17 +369,10 @@ fn simulate_population(
             .mean_all()?
             .to_scalar::<f64>()?;
         out.mean_a.push((begin + len, a));
-        if start.elapsed().as_secs_f64() > 0.5 {
-            let done = begin + len;
-            let bar = "#".repeat(30 * done / steps);
-            eprint!("\r[{bar:<30}] {done}/{steps} steps");
-            std::io::stderr().flush().ok();
-        }
+        progress.set_position((begin + len) as u64);
     }
+    progress.finish_and_clear();
     out.wall = start.elapsed().as_secs_f64();
-    if out.wall > 0.5 {
-        eprintln!();
-    }
     out.final_a = state
         .a
         .to_dtype(o.dtype)?
@@ -380,7 +424,7 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
     let shown = n.min(200);
     let (mut xs, mut ys) = (vec![], vec![]);
     for (k, &z) in out.spikes.iter().enumerate() {
-        if z > 0.0 && k % n < shown {
+        if z > 0 && k % n < shown {
             xs.push((k / n + 1) as f64 * dt);
             ys.push((k % n) as f64);
         }
@@ -436,7 +480,7 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
 fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), String> {
     let (n, steps) = (o.neurons, o.steps);
     let err = |e: candle_core::Error| e.to_string();
-    let spikes: Vec<u8> = out.spikes.iter().map(|&z| (z > 0.0) as u8).collect();
+    let spikes = out.spikes.clone();
     let mut tensors = vec![(
         "spikes".to_string(),
         Tensor::from_vec(spikes, (steps, n), &Device::Cpu).map_err(err)?,
@@ -467,11 +511,11 @@ struct SpikeStats {
 }
 
 impl SpikeStats {
-    fn new(spikes: &[f32], steps: usize, n: usize, dt: f64) -> Self {
+    fn new(spikes: &[u8], steps: usize, n: usize, dt: f64) -> Self {
         let seconds = steps as f64 * dt;
         let mut times: Vec<Vec<usize>> = vec![vec![]; n];
         for (k, &z) in spikes.iter().enumerate() {
-            if z > 0.0 {
+            if z > 0 {
                 times[k % n].push(k / n);
             }
         }

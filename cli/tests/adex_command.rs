@@ -429,6 +429,20 @@ fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
             "possible values: avx512, avx2, portable",
         ),
         (vec!["conformance"], "required"),
+        (
+            vec!["simulate", "--neurons", "1000000000", "--steps", "1000000"],
+            "GiB are available",
+        ),
+        (
+            vec![
+                "simulate",
+                "--neurons",
+                "18446744073709551615",
+                "--steps",
+                "2",
+            ],
+            "do not fit in memory",
+        ),
         (vec!["frobnicate"], "unrecognized subcommand"),
     ] {
         let o = adex(&args);
