@@ -56,7 +56,15 @@ pub struct Measure {
 }
 
 impl Measure {
-    fn passes(&self) -> bool {
+    /// Whether the value is within its tolerance (always, for information only).
+    ///
+    /// ```
+    /// use candle_adex::conformance::Measure;
+    /// let m = Measure { name: "v".into(), value: 2e-7, tol: Some(1e-6) };
+    /// assert!(m.passes());
+    /// assert!(!Measure { value: 1.0, ..m }.passes());
+    /// ```
+    pub fn passes(&self) -> bool {
         match self.tol {
             Some(tol) => self.value <= tol,
             None => true,

@@ -201,6 +201,12 @@ pub struct SimulateArgs {
     /// The states to record, comma-separated
     #[arg(long, value_enum, value_delimiter = ',', default_value = "v,a")]
     pub record_states: Vec<StateName>,
+    /// Print the run and its statistics as one JSON object (neurons, steps, dt, dtype, device,
+    /// path, parameters, seed, wall_s, neuron_steps_per_s, spikes, rate_hz {mean, p10, median,
+    /// p90, max}, silent_fraction, isi_cv, isi_cv_neurons, a_final_mean, a_final_max, mean_a
+    /// [{step, a}], figure, recording) instead of the text report
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -272,6 +278,10 @@ pub struct ConformanceArgs {
     pub files: Vec<PathBuf>,
     #[arg(long, value_enum, default_value_t = PathChoice::Auto)]
     pub path: PathChoice,
+    /// One JSON object per case (file, group, case, outcome pass/fail/skip/unreadable, reason,
+    /// error, measures [{name, value, tol, ok}]) instead of the text lines and summary
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where `bench` runs.

@@ -98,28 +98,97 @@ fn conformance_cmd(a: ConformanceArgs) -> Result<ExitCode, String> {
         PathChoice::Fused => ops::Path::Fused,
         PathChoice::Reference => ops::Path::Reference,
     };
-    ops::with_path(path, || conformance_files(&a.files))
+    ops::with_path(path, || conformance_files(&a.files, a.json))
 }
 
-fn conformance_files(files: &[std::path::PathBuf]) -> Result<ExitCode, String> {
+/// `conformance --json`: one case (or one unreadable file).
+#[derive(serde::Serialize)]
+struct CaseJson<'a> {
+    file: String,
+    group: Option<&'a str>,
+    case: Option<&'a str>,
+    /// `pass`, `fail`, `skip` or `unreadable`.
+    outcome: &'static str,
+    /// Why a case was skipped.
+    reason: Option<&'a str>,
+    error: Option<&'a str>,
+    measures: Vec<MeasureJson<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct MeasureJson<'a> {
+    name: &'a str,
+    value: f64,
+    tol: Option<f64>,
+    ok: bool,
+}
+
+fn print_json(case: &CaseJson) {
+    println!(
+        "{}",
+        serde_json::to_string(case).expect("a report serializes")
+    );
+}
+
+fn conformance_files(files: &[std::path::PathBuf], json: bool) -> Result<ExitCode, String> {
     let mut all = vec![];
     let mut unreadable = false;
     for file in files {
         match conformance::GoldenFile::open(file) {
             Ok(golden) => {
                 for report in golden.run() {
-                    println!("{report}");
+                    if json {
+                        let (outcome, reason) = match &report.outcome {
+                            conformance::Outcome::Pass => ("pass", None),
+                            conformance::Outcome::Fail => ("fail", None),
+                            conformance::Outcome::Skip(why) => ("skip", Some(why.as_str())),
+                        };
+                        print_json(&CaseJson {
+                            file: file.display().to_string(),
+                            group: Some(&report.group),
+                            case: Some(&report.case),
+                            outcome,
+                            reason,
+                            error: report.error.as_deref(),
+                            measures: report
+                                .measures
+                                .iter()
+                                .map(|m| MeasureJson {
+                                    name: &m.name,
+                                    value: m.value,
+                                    tol: m.tol,
+                                    ok: m.passes(),
+                                })
+                                .collect(),
+                        });
+                    } else {
+                        println!("{report}");
+                    }
                     all.push(report);
                 }
             }
             Err(e) => {
-                eprintln!("adex conformance: {e}");
+                let message = e.to_string();
+                if json {
+                    print_json(&CaseJson {
+                        file: file.display().to_string(),
+                        group: None,
+                        case: None,
+                        outcome: "unreadable",
+                        reason: None,
+                        error: Some(&message),
+                        measures: vec![],
+                    });
+                }
+                eprintln!("adex conformance: {message}");
                 unreadable = true;
             }
         }
     }
     let (passed, failed, skipped) = conformance::summarize(&all);
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    if !json {
+        println!("{passed} passed, {failed} failed, {skipped} skipped");
+    }
     Ok(if failed > 0 || unreadable {
         ExitCode::FAILURE
     } else {

@@ -11,6 +11,7 @@ use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -31,6 +32,7 @@ struct SimOptions {
     plot: Option<PathBuf>,
     record: Option<PathBuf>,
     record_states: Vec<String>,
+    json: bool,
 }
 
 impl From<SimulateArgs> for SimOptions {
@@ -53,6 +55,7 @@ impl From<SimulateArgs> for SimOptions {
                 .iter()
                 .map(|s| s.name().to_string())
                 .collect(),
+            json: a.json,
         }
     }
 }
@@ -259,27 +262,118 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
         Params::Defaults => "norse's default parameters".to_string(),
         Params::File(path) => format!("parameters from {}", path.display()),
     };
-    println!(
-        "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {}, {path}; {params})",
-        o.dtype,
-        match dev {
-            Device::Cuda(_) => "cuda",
-            Device::Metal(_) => "metal",
-            Device::Cpu => "cpu",
-        }
-    );
+    let device = match dev {
+        Device::Cuda(_) => "cuda",
+        Device::Metal(_) => "metal",
+        Device::Cpu => "cpu",
+    };
+    if !o.json {
+        println!(
+            "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {device}, {path}; {params})",
+            o.dtype,
+        );
+    }
     let out = run().map_err(|e| e.to_string())?;
     let stats = SpikeStats::new(&out.spikes, o.steps, o.neurons, dt);
-    report(&o, dt, &out, &stats);
-    if let Some(path) = &o.plot {
-        figure(&o, dt, &out, &stats).save(path)?;
-        println!("  wrote figure          {}", path.display());
+    if !o.json {
+        report(&o, dt, &out, &stats);
     }
-    if let Some(path) = &o.record {
-        record(path, &o, dt, &out)?;
-        println!("  wrote recording       {}", path.display());
+    if let Some(file) = &o.plot {
+        figure(&o, dt, &out, &stats).save(file)?;
+        if !o.json {
+            println!("  wrote figure          {}", file.display());
+        }
+    }
+    if let Some(file) = &o.record {
+        record(file, &o, dt, &out)?;
+        if !o.json {
+            println!("  wrote recording       {}", file.display());
+        }
+    }
+    if o.json {
+        let a = &out.final_a;
+        let summary = Summary {
+            neurons: n,
+            steps,
+            dt,
+            dtype: o.dtype.as_str(),
+            device,
+            path,
+            parameters: params,
+            seed: o.seed,
+            wall_s: out.wall,
+            neuron_steps_per_s: (n * steps) as f64 / out.wall,
+            spikes: stats.total,
+            rate_hz: Rates {
+                mean: stats.mean_rate,
+                p10: stats.rate_p[0],
+                median: stats.rate_p[1],
+                p90: stats.rate_p[2],
+                max: stats.rate_p[3],
+            },
+            silent_fraction: stats.silent_fraction,
+            isi_cv: stats.cv,
+            isi_cv_neurons: stats.cv_neurons,
+            a_final_mean: a.iter().sum::<f64>() / n as f64,
+            a_final_max: a.iter().cloned().fold(f64::MIN, f64::max),
+            mean_a: out
+                .mean_a
+                .iter()
+                .map(|&(step, a)| MeanA { step, a })
+                .collect(),
+            figure: o.plot.as_ref().map(|p| p.display().to_string()),
+            recording: o.record.as_ref().map(|p| p.display().to_string()),
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&summary).map_err(|e| e.to_string())?
+        );
     }
     Ok(())
+}
+
+/// `simulate --json`: the run and its statistics as one object.
+#[derive(Serialize)]
+struct Summary {
+    neurons: usize,
+    steps: usize,
+    dt: f64,
+    dtype: &'static str,
+    device: &'static str,
+    /// `fused kernels`, or `reference path: <why>`.
+    path: String,
+    /// Which parameters ran (the header line's words).
+    parameters: String,
+    seed: u64,
+    wall_s: f64,
+    neuron_steps_per_s: f64,
+    spikes: usize,
+    rate_hz: Rates,
+    silent_fraction: f64,
+    /// Mean ISI coefficient of variation over the neurons with at least 3 spikes.
+    isi_cv: Option<f64>,
+    isi_cv_neurons: usize,
+    a_final_mean: f64,
+    a_final_max: f64,
+    /// The population's mean adaptation current after each chunk of steps.
+    mean_a: Vec<MeanA>,
+    figure: Option<String>,
+    recording: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Rates {
+    mean: f64,
+    p10: f64,
+    median: f64,
+    p90: f64,
+    max: f64,
+}
+
+#[derive(Serialize)]
+struct MeanA {
+    step: usize,
+    a: f64,
 }
 
 /// What a simulation produced (host copies).

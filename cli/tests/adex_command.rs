@@ -393,7 +393,6 @@ fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
             vec!["simulate", "--dtype", "f8"],
             "possible values: f32, f64, f16, bf16",
         ),
-        (vec!["simulate", "--json"], "unexpected argument '--json'"),
         (
             vec!["patterns", "--pattern", "chattering"],
             "possible values: tonic",
@@ -497,4 +496,125 @@ fn a_closed_output_pipe_ends_the_command_without_a_panic() {
         !status.success(),
         "the command cannot have printed its table"
     );
+}
+
+/// Parses every stdout line as a JSON object.
+fn json_lines(o: &Output) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    stdout(o)
+        .lines()
+        .map(|l| match serde_json::from_str(l) {
+            Ok(serde_json::Value::Object(m)) => m,
+            other => panic!("not a JSON object: {l}: {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn json_output_of_simulate_conformance_and_bench() {
+    let rec = tmp("json.safetensors");
+    let o = adex(&[
+        "simulate",
+        "--json",
+        "--neurons",
+        "40",
+        "--steps",
+        "150",
+        "--record",
+        rec.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), 1, "{}", stdout(&o));
+    let run = &lines[0];
+    for key in [
+        "neurons",
+        "steps",
+        "dt",
+        "dtype",
+        "device",
+        "path",
+        "parameters",
+        "seed",
+        "wall_s",
+        "neuron_steps_per_s",
+        "spikes",
+        "rate_hz",
+        "silent_fraction",
+        "isi_cv",
+        "isi_cv_neurons",
+        "a_final_mean",
+        "a_final_max",
+        "mean_a",
+        "figure",
+        "recording",
+    ] {
+        assert!(run.contains_key(key), "{key}: {run:?}");
+    }
+    assert_eq!(run["neurons"], 40);
+    assert_eq!(run["dtype"], "f32");
+    assert_eq!(run["mean_a"].as_array().unwrap().len(), 2);
+    let recorded = candle_core::safetensors::load(&rec, &candle_core::Device::Cpu).unwrap();
+    let total: f32 = recorded["spikes"]
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert_eq!(run["spikes"].as_f64().unwrap(), total as f64);
+    std::fs::remove_file(rec).ok();
+
+    let golden =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/norse/ff_step.safetensors");
+    let cases = candle_adex::conformance::GoldenFile::open(&golden)
+        .unwrap()
+        .cases
+        .len();
+    let o = adex(&[
+        "conformance",
+        "--json",
+        golden.to_str().unwrap(),
+        "/nonexistent.safetensors",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let lines = json_lines(&o);
+    assert_eq!(lines.len(), cases + 1);
+    for case in &lines[..cases] {
+        assert_eq!(case["outcome"], "pass", "{case:?}");
+        assert_eq!(case["group"], "ff_step");
+        let measures = case["measures"].as_array().unwrap();
+        assert!(
+            !measures.is_empty() && measures.iter().all(|m| m["ok"] == true),
+            "{case:?}"
+        );
+    }
+    assert_eq!(lines[cases]["outcome"], "unreadable");
+
+    let o = adex(&[
+        "bench",
+        "--json",
+        "--op",
+        "seq",
+        "--dtype",
+        "f32",
+        "--shape",
+        "10,1,128",
+        "--no-reference",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows = json_lines(&o);
+    assert_eq!(rows.len(), 1);
+    for key in [
+        "op",
+        "dtype",
+        "t",
+        "b",
+        "n",
+        "neuron_steps_per_s",
+        "memory_roof_neuron_steps_per_s",
+        "in_cache_neuron_steps_per_s",
+    ] {
+        assert!(rows[0].contains_key(key), "{key}: {:?}", rows[0]);
+    }
+    assert_eq!(rows[0]["op"], "seq");
 }
