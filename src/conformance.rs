@@ -308,22 +308,16 @@ impl Case<'_> {
     /// The case's parameters, tensors kept in their stored dtype (so that `dt` products round as
     /// torch rounds them).
     fn params(&self) -> Result<AdexParameters> {
-        let p = |f: &str| -> Result<Param> { Ok(Param::Tensor(self.t(&format!("p.{f}"))?)) };
-        Ok(AdexParameters {
-            adaptation_current: p("adaptation_current")?,
-            adaptation_spike: p("adaptation_spike")?,
-            delta_t: p("delta_T")?,
-            tau_ada_inv: p("tau_ada_inv")?,
-            tau_syn_inv: p("tau_syn_inv")?,
-            tau_mem_inv: p("tau_mem_inv")?,
-            v_leak: p("v_leak")?,
-            v_th: p("v_th")?,
-            v_reset: p("v_reset")?,
-            v_peak: None,
+        let mut p = AdexParameters {
             method: self.method()?,
             alpha: self.scalar("p.alpha")?,
             dt: self.scalar("dt")?,
-        })
+            ..Default::default()
+        };
+        for (name, field) in p.numeric_mut() {
+            *field = Param::Tensor(self.t(&format!("p.{name}"))?);
+        }
+        Ok(p)
     }
 
     /// norse 1.1.0 uses `alpha = 1` for `super` whatever `alpha` says.
@@ -889,18 +883,7 @@ impl Case<'_> {
         let (xv, v0, i0, a0) = (Var::from_tensor(&x)?, leaf("v0")?, leaf("i0")?, leaf("a0")?);
         let mut pvars: Vec<(&str, Var)> = vec![];
         if param_grads {
-            let fields: [(&str, &mut Param); 9] = [
-                ("adaptation_current", &mut p.adaptation_current),
-                ("adaptation_spike", &mut p.adaptation_spike),
-                ("delta_T", &mut p.delta_t),
-                ("tau_ada_inv", &mut p.tau_ada_inv),
-                ("tau_syn_inv", &mut p.tau_syn_inv),
-                ("tau_mem_inv", &mut p.tau_mem_inv),
-                ("v_leak", &mut p.v_leak),
-                ("v_th", &mut p.v_th),
-                ("v_reset", &mut p.v_reset),
-            ];
-            for (name, field) in fields {
+            for (name, field) in p.numeric_mut() {
                 let var = Var::from_tensor(&self.t(&format!("p.{name}"))?)?;
                 *field = Param::Tensor(var.as_tensor().clone());
                 pvars.push((name, var));

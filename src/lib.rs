@@ -44,6 +44,8 @@ pub mod ops;
 pub mod params;
 pub mod patterns;
 pub mod reference;
+#[cfg(feature = "serde")]
+mod serde_params;
 pub mod state;
 pub mod surrogate;
 
@@ -51,7 +53,7 @@ pub use ops::{
     lif_adex_current_encoder, lif_adex_current_encoder_seq, lif_adex_feed_forward_seq,
     lif_adex_feed_forward_step, lif_adex_seq, lif_adex_step,
 };
-pub use params::{AdexParameters, Param};
+pub use params::{AdexParameters, Param, PARAMETER_NAMES};
 pub use reference::{
     lif_adex_current_encoder_norse_1_1_0, lif_adex_current_encoder_norse_1_1_0_seq, Sequence,
 };

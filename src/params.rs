@@ -8,6 +8,26 @@
 use crate::surrogate::SurrogateMethod;
 use candle_core::{bail, DType, Device, Result, Tensor};
 
+/// norse's names of the parameters, in the order of [`AdexParameters`]' fields: the nine numeric
+/// ones (a number, or one value per neuron; see [`AdexParameters::numeric_mut`]), then `v_peak`,
+/// `method`, `alpha` and `dt`. The one list of names that parameter files (feature `serde`),
+/// the `adex` command and the conformance reader use.
+pub const PARAMETER_NAMES: [&str; 13] = [
+    "adaptation_current",
+    "adaptation_spike",
+    "delta_T",
+    "tau_ada_inv",
+    "tau_syn_inv",
+    "tau_mem_inv",
+    "v_leak",
+    "v_th",
+    "v_reset",
+    "v_peak",
+    "method",
+    "alpha",
+    "dt",
+];
+
 /// One numeric parameter: a scalar, or a tensor `[]` / `[N]` (per neuron).
 #[derive(Clone, Debug)]
 pub enum Param {
@@ -203,19 +223,65 @@ enum Rule {
 impl AdexParameters {
     /// The numeric fields with their norse names and rules (`v_peak` included when set).
     fn fields(&self) -> impl Iterator<Item = (&'static str, &Param, Rule)> {
+        use Rule::{Finite, NonNegative, Positive};
+        let rules = [
+            Finite,
+            Finite,
+            Positive,
+            NonNegative,
+            NonNegative,
+            NonNegative,
+            Finite,
+            Finite,
+            Finite,
+        ];
+        let values = [
+            &self.adaptation_current,
+            &self.adaptation_spike,
+            &self.delta_t,
+            &self.tau_ada_inv,
+            &self.tau_syn_inv,
+            &self.tau_mem_inv,
+            &self.v_leak,
+            &self.v_th,
+            &self.v_reset,
+        ];
+        (0..9)
+            .map(move |k| (PARAMETER_NAMES[k], values[k], rules[k]))
+            .chain(
+                self.v_peak
+                    .as_ref()
+                    .map(|v| (PARAMETER_NAMES[9], v, Finite)),
+            )
+    }
+
+    /// The nine numeric parameters (all but `v_peak`), mutably, with their norse names
+    /// ([`PARAMETER_NAMES`]`[..9]`).
+    ///
+    /// ```
+    /// use candle_adex::{AdexParameters, Param};
+    /// let mut p = AdexParameters::default();
+    /// for (name, value) in p.numeric_mut() {
+    ///     if name == "v_th" {
+    ///         *value = Param::Scalar(1.5);
+    ///     }
+    /// }
+    /// assert_eq!(p.v_th.values()?, [1.5]);
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn numeric_mut(&mut self) -> [(&'static str, &mut Param); 9] {
+        let n = PARAMETER_NAMES;
         [
-            ("adaptation_current", &self.adaptation_current, Rule::Finite),
-            ("adaptation_spike", &self.adaptation_spike, Rule::Finite),
-            ("delta_T", &self.delta_t, Rule::Positive),
-            ("tau_ada_inv", &self.tau_ada_inv, Rule::NonNegative),
-            ("tau_syn_inv", &self.tau_syn_inv, Rule::NonNegative),
-            ("tau_mem_inv", &self.tau_mem_inv, Rule::NonNegative),
-            ("v_leak", &self.v_leak, Rule::Finite),
-            ("v_th", &self.v_th, Rule::Finite),
-            ("v_reset", &self.v_reset, Rule::Finite),
+            (n[0], &mut self.adaptation_current),
+            (n[1], &mut self.adaptation_spike),
+            (n[2], &mut self.delta_t),
+            (n[3], &mut self.tau_ada_inv),
+            (n[4], &mut self.tau_syn_inv),
+            (n[5], &mut self.tau_mem_inv),
+            (n[6], &mut self.v_leak),
+            (n[7], &mut self.v_th),
+            (n[8], &mut self.v_reset),
         ]
-        .into_iter()
-        .chain(self.v_peak.as_ref().map(|v| ("v_peak", v, Rule::Finite)))
     }
 
     /// Checks every rule that does not depend on the layer size: all values finite, `delta_T > 0`,

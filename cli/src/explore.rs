@@ -94,7 +94,9 @@ pub fn fi_cmd(a: FiArgs) -> Result<ExitCode, Failure> {
         )));
     }
     let params = match &a.params {
-        Some(path) => Some(config::load(path, AdexParameters::default()).map_err(Failure::Usage)?),
+        Some(path) => {
+            Some(config::load(path, AdexParameters::default().dt).map_err(Failure::Usage)?)
+        }
         None => None,
     };
     let preset = a.pattern;

@@ -201,9 +201,9 @@ fn parameters(o: &SimOptions, rng: &mut StdRng) -> Result<AdexParameters, String
         return Ok(base);
     }
     if let Params::File(path) = &o.params {
-        let p = config::load(path, base)?;
+        let p = config::load(path, o.dt)?;
         p.validate_for(n, &Device::Cpu)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| format!("{}: {}", path.display(), config::without_backtrace(e)))?;
         return Ok(p);
     }
     let mut per_neuron = |lo: f64, hi: f64| -> Result<Param, String> {

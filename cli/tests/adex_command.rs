@@ -134,7 +134,7 @@ fn simulate_reads_parameter_and_input_files() {
     let o = adex(&["simulate", "--params", params.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
-        stderr(&o).contains("unknown parameter `tau_mem`"),
+        stderr(&o).contains("p.toml:1: unknown field `tau_mem`"),
         "{}",
         stderr(&o)
     );
