@@ -193,7 +193,7 @@ impl Figure {
             .map(str::to_ascii_lowercase);
         let bytes = match ext.as_deref() {
             Some("svg") => self.svg().into_bytes(),
-            Some("png") => self.png(),
+            Some("png") => self.png()?,
             _ => {
                 return Err(format!(
                     "{}: the plot file must end in .png or .svg",
@@ -226,7 +226,7 @@ impl Figure {
         px
     }
 
-    pub fn png(&self) -> Vec<u8> {
+    pub fn png(&self) -> Result<Vec<u8>, String> {
         let px = self.pixels();
         png::encode(px.w as u32, px.h as u32, &px.rgb)
     }
@@ -477,7 +477,7 @@ mod tests {
         assert!(ink > 2000, "{ink} pixels drawn");
         // the sine's colour appears
         assert!(px.rgb.chunks(3).any(|p| p == PALETTE[0]));
-        let bytes = fig.png();
+        let bytes = fig.png().unwrap();
         assert!(bytes.len() < px.rgb.len() / 10, "{} bytes", bytes.len());
         let dir = std::env::temp_dir();
         let path = dir.join(format!("adex-plot-{}.png", std::process::id()));
