@@ -114,21 +114,10 @@ fn feed_forward_gradients_match_finite_differences() -> Result<()> {
     };
     let (l, _) = loss(&inp, SurrogateMethod::Heaviside)?;
     let grads = l.backward()?;
-    let names = [
-        "input",
-        "v0",
-        "i0",
-        "a0",
-        "adaptation_current",
-        "adaptation_spike",
-        "delta_T",
-        "tau_ada_inv",
-        "tau_syn_inv",
-        "tau_mem_inv",
-        "v_leak",
-        "v_th",
-        "v_reset",
-    ];
+    let names: Vec<&str> = ["input", "v0", "i0", "a0"]
+        .into_iter()
+        .chain(candle_adex::PARAMETER_NAMES[..9].iter().copied())
+        .collect();
     let mut checked = 0;
     for (k, name) in names.iter().enumerate() {
         let auto = grads

@@ -34,6 +34,8 @@ pub fn load(path: &Path, dt: f64) -> Result<AdexParameters, String> {
                     .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
                 format!("{}: {}", at(line), e.message().trim_end())
             })?;
+            // Parsed once more, untyped, to see whether `dt` was given (the typed parse above
+            // keeps the spans its errors need; a value-first parse would lose them).
             let table: toml::Table = toml::from_str(&text).map_err(|e| e.to_string())?;
             (p, table.contains_key("dt"))
         }

@@ -22,7 +22,7 @@ use candle_adex::bench::{self, Op};
 use candle_adex::fused::cpu::{with_isa, Isa};
 use candle_adex::{conformance, ops};
 use candle_core::{DType, Device};
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, Parser, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -198,12 +198,13 @@ fn conformance_files(files: &[std::path::PathBuf], json: bool) -> Result<ExitCod
 
 fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
     let (json, quick, with_reference) = (a.json, a.quick, !a.no_reference);
-    let shapes = a.shapes.clone();
+    let mut shapes = a.shapes.clone();
     let mut dtypes: Vec<DType> = a.dtypes.iter().map(|d| d.dtype()).collect();
     let isa = match a.isa {
         None => Isa::detected(),
         Some(choice) => {
-            let name = format!("{choice:?}").to_lowercase();
+            let value = choice.to_possible_value().expect("every choice is listed");
+            let name = value.get_name();
             let available = Isa::available();
             available
                 .iter()
@@ -242,7 +243,6 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
             ))
         })?);
     }
-    let mut shapes = shapes;
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
     }
