@@ -1,7 +1,7 @@
 //! `adex patterns` and `adex fi-curve`: single-neuron behaviour, printed and plotted.
 
 use super::args::{FiArgs, PatternsArgs};
-use super::plot::{Figure, Mark, Panel, PALETTE};
+use super::plot::{Corner, Figure, Mark, Panel, PALETTE};
 use super::{config, Failure};
 use candle_adex::patterns::{fi_curve, Pattern, StepProtocol};
 use candle_adex::AdexParameters;
@@ -59,8 +59,10 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
                 *x = peak;
             }
         }
-        panels.push(
-            Panel::new(
+        let ms = 1e3 * r.dt * r.v.len() as f64;
+        panels.push(Panel {
+            x_range: Some((0.0, ms)),
+            ..Panel::new(
                 &format!(
                     "{} ({} spike{})",
                     pattern.name(),
@@ -70,8 +72,8 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
                 "time (ms)",
                 "v (dimensionless)",
             )
-            .with(t, v, PALETTE[k % PALETTE.len()], Mark::Line),
-        );
+            .with(t, v, PALETTE[k % PALETTE.len()], Mark::Line)
+        });
     }
     if let Some(path) = plot {
         let fig = Figure::new(
@@ -100,12 +102,20 @@ pub fn fi_cmd(a: FiArgs) -> Result<ExitCode, Failure> {
         None => None,
     };
     let preset = a.pattern;
-    let (mut p, default_max, what) = match preset {
-        Some(pattern) => {
+    let (mut p, default_max, what) = match (preset, params) {
+        (Some(pattern), _) => {
             let (p, current) = pattern.naud().to_adex(dt.unwrap_or(1e-4));
             (p, 2.0 * current, format!("preset {}", pattern.name()))
         }
-        None => (params.unwrap_or_default(), 4.0, "parameters".to_string()),
+        (None, Some(p)) => {
+            let file = a.params.as_ref().map(|f| f.display().to_string());
+            (
+                p,
+                4.0,
+                format!("parameters of {}", file.unwrap_or_default()),
+            )
+        }
+        (None, None) => (AdexParameters::default(), 4.0, "norse's defaults".into()),
     };
     if let Some(dt) = dt {
         p.dt = dt;
@@ -128,12 +138,22 @@ pub fn fi_cmd(a: FiArgs) -> Result<ExitCode, Failure> {
         None => println!("no spikes up to {max}"),
     }
     if let Some(path) = plot {
-        let panel = Panel::new(
-            &format!("f-I curve, {what}"),
-            "input current x",
-            "rate (Hz)",
-        )
-        .with(currents, rates, PALETTE[0], Mark::Line);
+        let panel = Panel {
+            legend: Corner::UpperLeft,
+            ..Panel::new(
+                &format!("f-I curve, {what}"),
+                "input current x",
+                "rate (Hz)",
+            )
+        }
+        .with_labelled("rate", currents.clone(), rates, PALETTE[0], Mark::Line)
+        .with_labelled(
+            "1/dt: a spike every step",
+            vec![0.0, max],
+            vec![1.0 / p.dt; 2],
+            [128, 128, 128],
+            Mark::Line,
+        );
         Figure::new("AdEx firing rate against input current", vec![panel], 1).save(&path)?;
         println!("wrote {}", path.display());
     }

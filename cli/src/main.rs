@@ -12,7 +12,6 @@
 mod args;
 mod config;
 mod explore;
-mod font;
 mod plot;
 mod png;
 mod simulate;

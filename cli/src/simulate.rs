@@ -2,7 +2,7 @@
 //! and a recording.
 
 use super::args::{Input, Params, SimDevice, SimulateArgs};
-use super::plot::{Figure, Mark, Panel, PALETTE};
+use super::plot::{Corner, Figure, Mark, Panel, PALETTE};
 use super::{config, Failure};
 use candle_adex::{fused, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
 use candle_core::{DType, Device, Tensor};
@@ -529,10 +529,19 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
         "neuron",
     )
     .with(xs, ys, [0, 0, 0], Mark::Ticks);
+    let seconds = steps as f64 * dt;
+    let raster = Panel {
+        x_range: Some((0.0, seconds)),
+        ..raster
+    };
     let k = TRACED.min(n);
     let time: Vec<f64> = (1..=steps).map(|s| s as f64 * dt).collect();
-    let trace = |which: usize, title: &str, label: &str| {
-        let mut panel = Panel::new(title, "time (s)", label);
+    let trace = |which: usize, title: &str, label: &str, legend: Corner| {
+        let mut panel = Panel {
+            x_range: Some((0.0, seconds)),
+            legend,
+            ..Panel::new(title, "time (s)", label)
+        };
         for (j, &color) in PALETTE.iter().enumerate().take(k) {
             let ys = out.traces[which]
                 .iter()
@@ -540,11 +549,11 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
                 .step_by(k)
                 .map(|&v| v as f64)
                 .collect();
-            panel = panel.with(time.clone(), ys, color, Mark::Line);
+            panel =
+                panel.with_labelled(&format!("neuron {j}"), time.clone(), ys, color, Mark::Line);
         }
         panel
     };
-    let seconds = steps as f64 * dt;
     let max_rate = stats.rate_p[3].max(1.0);
     let bins = 30;
     let width = max_rate / bins as f64;
@@ -564,8 +573,18 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
         vec![
             raster,
             hist,
-            trace(0, &format!("membrane potential v of {k} neurons"), "v"),
-            trace(1, &format!("adaptation current a of {k} neurons"), "a"),
+            trace(
+                0,
+                &format!("membrane potential v of {k} neurons"),
+                "v",
+                Corner::UpperRight,
+            ),
+            trace(
+                1,
+                &format!("adaptation current a of {k} neurons"),
+                "a",
+                Corner::LowerRight,
+            ),
         ],
         2,
     )

@@ -57,6 +57,7 @@ fn simulate_prints_statistics_and_writes_a_figure_and_a_recording() {
         "rate (Hz)",
         "membrane potential",
         "adaptation current",
+        "neuron 2", // the traces' legend
     ] {
         assert!(text.contains(label), "{label}");
     }
@@ -289,9 +290,9 @@ fn patterns_and_fi_curve_print_and_plot() {
         out.contains("rate (Hz)") && out.contains("rheobase"),
         "{out}"
     );
-    assert!(std::fs::read_to_string(&svg)
-        .unwrap()
-        .contains("input current x"));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("input current x"), "the x axis label");
+    assert!(text.contains("1/dt: a spike every step"), "the legend");
     std::fs::remove_file(png).ok();
     std::fs::remove_file(svg).ok();
 }
