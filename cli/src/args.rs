@@ -17,7 +17,8 @@ use std::path::PathBuf;
     propagate_version = true
 )]
 pub struct Cli {
-    /// Errors with candle's backtrace (when RUST_BACKTRACE asks for one) instead of one line
+    /// Errors with each cause on a line of its own, and the backtraces RUST_BACKTRACE=1 asks for,
+    /// instead of one line
     #[arg(short, long, global = true)]
     pub verbose: bool,
     #[command(subcommand)]

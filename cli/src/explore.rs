@@ -2,7 +2,7 @@
 
 use super::args::{FiArgs, PatternsArgs};
 use super::plot::{Corner, Figure, Mark, Panel, PALETTE};
-use super::{config, Failure};
+use super::{config, usage};
 use candle_adex::patterns::{fi_curve, Pattern, StepProtocol};
 use candle_adex::AdexParameters;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
-pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
+pub fn patterns_cmd(a: PatternsArgs) -> anyhow::Result<ExitCode> {
     let protocol = StepProtocol {
         dt: a.dt,
         duration: a.duration,
@@ -19,7 +19,7 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
         gain: a.gain,
     };
     if a.onset >= a.duration || a.dt >= a.duration {
-        return Err(Failure::Usage(format!(
+        return Err(usage(format!(
             "--onset ({} s) and --dt ({} s) must be shorter than --duration ({} s)",
             a.onset, a.dt, a.duration
         )));
@@ -34,9 +34,7 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
     );
     let mut panels = vec![];
     for (k, pattern) in chosen.iter().enumerate() {
-        let r = pattern
-            .step_response(&protocol)
-            .map_err(|e| e.to_string())?;
+        let r = pattern.step_response(&protocol)?;
         let f = r.features();
         println!(
             "{:<14} {:>6} {:>11} {:>14} {:>13} {:>7}",
@@ -50,7 +48,7 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
         let t: Vec<f64> = (1..=r.v.len()).map(|s| 1e3 * s as f64 * r.dt).collect();
         let (p, _) = pattern.naud().to_adex(protocol.dt);
         let v_peak = p.v_peak.as_ref().map_or(Ok(vec![1.0]), |v| v.values());
-        let peak = v_peak.map_err(|e| e.to_string())?[0];
+        let peak = v_peak?[0];
         // spikes drawn from the reset potential up to the cutoff
         let mut v = r.v.clone();
         for &ts in &r.spike_times {
@@ -87,18 +85,16 @@ pub fn patterns_cmd(a: PatternsArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn fi_cmd(a: FiArgs) -> Result<ExitCode, Failure> {
+pub fn fi_cmd(a: FiArgs) -> anyhow::Result<ExitCode> {
     let (max, points, duration, transient, dt, plot) =
         (a.max, a.points, a.duration, a.transient, a.dt, a.plot);
     if transient >= duration {
-        return Err(Failure::Usage(format!(
+        return Err(usage(format!(
             "--transient ({transient} s) must be shorter than --duration ({duration} s)"
         )));
     }
     let params = match &a.params {
-        Some(path) => {
-            Some(config::load(path, AdexParameters::default().dt).map_err(Failure::Usage)?)
-        }
+        Some(path) => Some(config::load(path, AdexParameters::default().dt).map_err(usage)?),
         None => None,
     };
     let preset = a.pattern;
@@ -124,7 +120,7 @@ pub fn fi_cmd(a: FiArgs) -> Result<ExitCode, Failure> {
     let currents: Vec<f64> = (0..points)
         .map(|k| max * k as f64 / (points - 1) as f64)
         .collect();
-    let rates = fi_curve(&p, &currents, duration, transient).map_err(|e| e.to_string())?;
+    let rates = fi_curve(&p, &currents, duration, transient)?;
     println!("f-I curve of the {what} (dt = {} s, {duration} s per current, first {transient} s not counted)", p.dt);
     println!("{:>12} {:>12}", "current", "rate (Hz)");
     for (c, r) in currents.iter().zip(&rates) {

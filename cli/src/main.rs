@@ -16,6 +16,7 @@ mod plot;
 mod png;
 mod simulate;
 
+use anyhow::Context as _;
 use args::{BenchArgs, BenchDevice, Cli, Command, ConformanceArgs, PathChoice};
 use candle_adex::bench::{self, Op};
 use candle_adex::fused::cpu::{with_isa, Isa};
@@ -25,17 +26,23 @@ use clap::{CommandFactory, Parser, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
 
-/// Why a command failed: its input (exit code 2, as for clap's own usage errors; found before
-/// any work starts) or the run itself (exit code 1).
-pub enum Failure {
-    Usage(String),
-    Run(String),
+/// An error in a command's input, found before any work starts: exit code 2, as for clap's own
+/// usage errors. Every other error (an `anyhow::Error` of any other kind) is a failure at run
+/// time: exit code 1.
+#[derive(Debug)]
+pub struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::Run(message)
-    }
+impl std::error::Error for Usage {}
+
+/// A usage error (exit code 2) with this message.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Usage(message.into()))
 }
 
 /// Lets a closed output pipe end the program quietly, as it ends other command-line tools
@@ -71,27 +78,34 @@ fn main() -> ExitCode {
         Some(Command::Simulate(a)) => simulate::simulate(a),
         Some(Command::Patterns(a)) => explore::patterns_cmd(a),
         Some(Command::FiCurve(a)) => explore::fi_cmd(a),
-        Some(Command::Conformance(a)) => conformance_cmd(a).map_err(Failure::from),
+        Some(Command::Conformance(a)) => conformance_cmd(a),
         Some(Command::Bench(a)) => bench_cmd(a),
         Some(Command::Completions { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "adex", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
     };
-    match result {
-        Ok(code) => code,
-        Err(Failure::Usage(message)) => {
-            eprintln!("error: {message}\n\nFor more information, try '--help'.");
-            ExitCode::from(2)
-        }
-        Err(Failure::Run(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(1)
-        }
+    let error = match result {
+        Ok(code) => return code,
+        Err(e) => e,
+    };
+    // One line, its causes joined by `: `; with -v, anyhow's report with each cause on a line
+    // (and the backtraces that RUST_BACKTRACE asks for).
+    let message = if cli.verbose {
+        format!("{error:?}")
+    } else {
+        format!("{error:#}")
+    };
+    if error.downcast_ref::<Usage>().is_some() {
+        eprintln!("error: {message}\n\nFor more information, try '--help'.");
+        ExitCode::from(2)
+    } else {
+        eprintln!("error: {message}");
+        ExitCode::from(1)
     }
 }
 
-fn conformance_cmd(a: ConformanceArgs) -> Result<ExitCode, String> {
+fn conformance_cmd(a: ConformanceArgs) -> anyhow::Result<ExitCode> {
     let path = match a.path {
         PathChoice::Auto => ops::Path::Auto,
         PathChoice::Fused => ops::Path::Fused,
@@ -129,7 +143,7 @@ fn print_json(case: &CaseJson) {
     );
 }
 
-fn conformance_files(files: &[std::path::PathBuf], json: bool) -> Result<ExitCode, String> {
+fn conformance_files(files: &[std::path::PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     let mut all = vec![];
     let mut unreadable = false;
     for file in files {
@@ -195,7 +209,7 @@ fn conformance_files(files: &[std::path::PathBuf], json: bool) -> Result<ExitCod
     })
 }
 
-fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let (json, quick, with_reference) = (a.json, a.quick, !a.no_reference);
     let mut shapes = a.shapes.clone();
     let mut dtypes: Vec<DType> = a.dtypes.iter().map(|d| d.dtype()).collect();
@@ -211,7 +225,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
                 .find(|i| i.name() == name)
                 .ok_or_else(|| {
                     let names: Vec<_> = available.iter().map(|i| i.name()).collect();
-                    Failure::Usage(format!("--isa {name}: this CPU has {}", names.join(", ")))
+                    usage(format!("--isa {name}: this CPU has {}", names.join(", ")))
                 })?
         }
     };
@@ -225,7 +239,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
         for op in &a.ops {
             let known = bench::DEVICE_OPS.into_iter().find(|o| o == op);
             dev_ops.push(known.ok_or_else(|| {
-                Failure::Usage(format!(
+                usage(format!(
                     "--op {op} does not run on a GPU (there: {})",
                     bench::DEVICE_OPS.join(", ")
                 ))
@@ -237,7 +251,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
     for op in &a.ops {
         let known = Op::ALL.into_iter().find(|o| o.name() == op);
         ops_.push(known.ok_or_else(|| {
-            Failure::Usage(format!(
+            usage(format!(
                 "--op {op} runs only on a GPU (--device cuda or metal)"
             ))
         })?);
@@ -254,8 +268,8 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
     // The kernel-level backward runs in f32 (half types convert first).
     let runs = |op: Op, dtype: DType| op != Op::SeqFwdBwd || dtype == DType::F32;
     if !ops_.iter().any(|&op| dtypes.iter().any(|&d| runs(op, d))) {
-        return Err(Failure::Usage(
-            "nothing to measure: seq_fwd_bwd runs in f32 only (add --dtype f32)".into(),
+        return Err(usage(
+            "nothing to measure: seq_fwd_bwd runs in f32 only (add --dtype f32)",
         ));
     }
     if !json {
@@ -269,7 +283,7 @@ fn bench_cmd(a: BenchArgs) -> Result<ExitCode, Failure> {
                 }
                 let row = with_isa(isa, || bench::measure(op, dtype, shape, with_reference))
                     .and_then(|r| r)
-                    .map_err(|e| format!("bench {} {dtype:?} {shape:?}: {e}", op.name()))?;
+                    .with_context(|| format!("bench {} {dtype:?} {shape:?}", op.name()))?;
                 print_row(&row, json, true);
                 std::io::stdout().flush().ok();
             }
@@ -288,14 +302,14 @@ fn bench_device(
     mut shapes: Vec<(usize, usize, usize)>,
     mut ops: Vec<&'static str>,
     mut dtypes: Vec<DType>,
-) -> Result<ExitCode, Failure> {
+) -> anyhow::Result<ExitCode> {
     let dev = match name {
         "metal" => Device::new_metal(0),
         _ => Device::new_cuda(0),
     }
-    .map_err(|e| format!("--device {name}: {e}"))?;
+    .with_context(|| format!("--device {name}"))?;
     // Fresh outputs from the pool, not mapped anew on every call (see the function's docs).
-    candle_adex::fused::retain_pool_memory(&dev).map_err(|e| format!("--device {name}: {e}"))?;
+    candle_adex::fused::retain_pool_memory(&dev).with_context(|| format!("--device {name}"))?;
     if shapes.is_empty() {
         shapes = bench::SHAPES[..if quick { 2 } else { 4 }].to_vec();
         if !quick {
@@ -321,7 +335,7 @@ fn bench_device(
             }
             for &dtype in &dtypes {
                 let row = bench::measure_device(&dev, op, dtype, shape, with_reference)
-                    .map_err(|e| format!("bench {op} {dtype:?} {shape:?}: {e}"))?;
+                    .with_context(|| format!("bench {op} {dtype:?} {shape:?}"))?;
                 print_row(&row, json, false);
                 std::io::stdout().flush().ok();
             }

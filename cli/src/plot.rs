@@ -2,6 +2,7 @@
 //! PNG (chosen by the file extension). The layout is described once ([`Figure`], [`Panel`],
 //! [`Series`]) and drawn on either backend by one generic function.
 
+use anyhow::Context as _;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -205,7 +206,7 @@ impl Figure {
     }
 
     /// Writes the figure as SVG or PNG, by the extension of `path`.
-    pub fn save(&self, path: &Path) -> Result<(), String> {
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -213,47 +214,43 @@ impl Figure {
         let bytes = match ext.as_deref() {
             Some("svg") => self.svg()?.into_bytes(),
             Some("png") => self.png()?,
-            _ => {
-                return Err(format!(
-                    "{}: the plot file must end in .png or .svg",
-                    path.display()
-                ))
-            }
+            _ => anyhow::bail!("{}: the plot file must end in .png or .svg", path.display()),
         };
-        std::fs::write(path, bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
     }
 
-    pub fn svg(&self) -> Result<String, String> {
+    pub fn svg(&self) -> anyhow::Result<String> {
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, self.size()).into_drawing_area();
             self.draw(&root)?;
-            root.present().map_err(|e| e.to_string())?;
+            root.present()?;
         }
         Ok(svg)
     }
 
     /// The figure drawn into RGB pixels, row-major: `(width, height, bytes)`.
-    fn pixels(&self) -> Result<(u32, u32, Vec<u8>), String> {
+    fn pixels(&self) -> anyhow::Result<(u32, u32, Vec<u8>)> {
         let (w, h) = self.size();
         let mut rgb = vec![255; 3 * (w * h) as usize];
         {
             let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
             self.draw(&root)?;
-            root.present().map_err(|e| e.to_string())?;
+            root.present()?;
         }
         Ok((w, h, rgb))
     }
 
-    pub fn png(&self) -> Result<Vec<u8>, String> {
+    pub fn png(&self) -> anyhow::Result<Vec<u8>> {
         let (w, h, rgb) = self.pixels()?;
         crate::png::encode(w, h, &rgb)
     }
 
     /// Title strip, then the panels row by row.
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> anyhow::Result<()> {
         register_font();
-        let err = |e: DrawingAreaErrorKind<DB::ErrorType>| e.to_string();
+        // plotters' errors borrow the backend's error type, which need not be 'static
+        let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("drawing: {e}");
         root.fill(&WHITE).map_err(err)?;
         let body = root
             .titled(&self.title, (FONT, 22).into_font().color(&BLACK))
@@ -415,7 +412,7 @@ mod tests {
         fig.save(&path).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
         std::fs::remove_file(&path).ok();
-        let err = fig.save(&dir.join("x.jpg")).unwrap_err();
+        let err = fig.save(&dir.join("x.jpg")).unwrap_err().to_string();
         assert!(err.contains(".png or .svg"), "{err}");
     }
 }

@@ -1,9 +1,10 @@
 //! `adex simulate`: a heterogeneous population under a noisy current, its statistics, a figure
 //! and a recording.
 
-use super::args::{Input, Params, SimDevice, SimulateArgs};
+use super::args::{Input, Params, SimDevice, SimulateArgs, StateName};
 use super::plot::{Corner, Figure, Mark, Panel, PALETTE};
-use super::{config, Failure};
+use super::{config, usage};
+use anyhow::Context as _;
 use candle_adex::{fused, lif_adex_feed_forward_seq, AdexParameters, FeedForwardState, Param};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,58 +14,19 @@ use rand_distr::{Distribution, Normal};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-/// Options of `simulate`, as the run uses them.
-struct SimOptions {
-    neurons: usize,
-    steps: usize,
-    dt: f64,
-    dtype: DType,
-    device: SimDevice,
-    seed: u64,
-    input: Input,
-    input_mean: f64,
-    input_noise: f64,
-    params: Params,
-    plot: Option<PathBuf>,
-    record: Option<PathBuf>,
-    record_states: Vec<String>,
-    json: bool,
-}
-
-impl From<SimulateArgs> for SimOptions {
-    fn from(a: SimulateArgs) -> Self {
-        SimOptions {
-            neurons: a.neurons,
-            steps: a.steps,
-            dt: a.dt,
-            dtype: a.dtype.dtype(),
-            device: a.device,
-            seed: a.seed,
-            input: a.input,
-            input_mean: a.input_mean,
-            input_noise: a.input_noise,
-            params: a.params,
-            plot: a.plot,
-            record: a.record,
-            record_states: a
-                .record_states
-                .iter()
-                .map(|s| s.name().to_string())
-                .collect(),
-            json: a.json,
-        }
-    }
-}
-
 /// Host bytes per neuron-step the run holds at once: the input (and its copy in a half dtype),
 /// the spikes (u8) and each recorded trajectory.
-fn bytes_per_neuron_step(o: &SimOptions) -> u64 {
-    let wide = if o.dtype == DType::F64 { 8 } else { 4 };
-    let cast = if o.dtype.size_in_bytes() == 2 { 2 } else { 0 };
+fn bytes_per_neuron_step(o: &SimulateArgs) -> u64 {
+    let wide = if o.dtype.dtype() == DType::F64 { 8 } else { 4 };
+    let cast = if o.dtype.dtype().size_in_bytes() == 2 {
+        2
+    } else {
+        0
+    };
     let recorded = if o.record.is_some() {
         o.record_states.len() as u64
     } else {
@@ -75,7 +37,7 @@ fn bytes_per_neuron_step(o: &SimOptions) -> u64 {
 
 /// Refuses a run that needs more memory than the machine has available (Linux reports it; other
 /// systems are not checked).
-fn check_memory(o: &SimOptions) -> Result<(), String> {
+fn check_memory(o: &SimulateArgs) -> Result<(), String> {
     let need = (o.steps as u64)
         .checked_mul(o.neurons as u64)
         .and_then(|ns| ns.checked_mul(bytes_per_neuron_step(o)))
@@ -107,11 +69,11 @@ fn check_memory(o: &SimOptions) -> Result<(), String> {
 /// and the input depends on the seed only, not on the number of threads.
 const NOISE_ROWS: usize = 16;
 
-fn device(choice: SimDevice) -> Result<Device, String> {
+fn device(choice: SimDevice) -> anyhow::Result<Device> {
     match choice {
         SimDevice::Cpu => Ok(Device::Cpu),
-        SimDevice::Cuda => Device::new_cuda(0).map_err(|e| format!("--device cuda: {e}")),
-        SimDevice::Metal => Device::new_metal(0).map_err(|e| format!("--device metal: {e}")),
+        SimDevice::Cuda => Device::new_cuda(0).context("--device cuda"),
+        SimDevice::Metal => Device::new_metal(0).context("--device metal"),
         // auto: a GPU when this build has CUDA or Metal and one answers, the CPU otherwise (a
         // build with a GPU feature on a machine without that GPU gets an error here, not a GPU)
         SimDevice::Auto => Ok(Device::new_cuda(0)
@@ -120,8 +82,7 @@ fn device(choice: SimDevice) -> Result<Device, String> {
     }
 }
 
-pub fn simulate(a: SimulateArgs) -> Result<ExitCode, Failure> {
-    let o = SimOptions::from(a);
+pub fn simulate(o: SimulateArgs) -> anyhow::Result<ExitCode> {
     let dev = device(o.device)?;
     run_simulation(o, &dev)?;
     Ok(ExitCode::SUCCESS)
@@ -129,7 +90,7 @@ pub fn simulate(a: SimulateArgs) -> Result<ExitCode, Failure> {
 
 /// The input currents `[T, N]` on the host: a file's tensor as stored, generated ones in f64
 /// for an f64 run and in f32 otherwise. Sets the population size and steps from a file.
-fn input_currents(o: &mut SimOptions, rng: &mut StdRng) -> Result<Tensor, String> {
+fn input_currents(o: &mut SimulateArgs, rng: &mut StdRng) -> Result<Tensor, String> {
     if let Input::File(path) = &o.input {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| format!("--input {}: {e}", path.display()))?;
@@ -159,7 +120,7 @@ fn input_currents(o: &mut SimOptions, rng: &mut StdRng) -> Result<Tensor, String
     }
     let gain: Vec<f64> = (0..o.neurons).map(|_| rng.random_range(0.5..1.5)).collect();
     let shape = (o.steps, o.neurons);
-    let x = if o.dtype == DType::F64 {
+    let x = if o.dtype.dtype() == DType::F64 {
         Tensor::from_vec(generated(o, &gain, |x| x), shape, &Device::Cpu)
     } else {
         Tensor::from_vec(generated(o, &gain, |x| x as f32), shape, &Device::Cpu)
@@ -168,7 +129,7 @@ fn input_currents(o: &mut SimOptions, rng: &mut StdRng) -> Result<Tensor, String
 }
 
 /// The generated input `[T, N]`, row-major, in blocks of [`NOISE_ROWS`] steps on all cores.
-fn generated<T: Copy + Send>(o: &SimOptions, gain: &[f64], cast: fn(f64) -> T) -> Vec<T> {
+fn generated<T: Copy + Send>(o: &SimulateArgs, gain: &[f64], cast: fn(f64) -> T) -> Vec<T> {
     let (steps, n) = (o.steps, o.neurons);
     let noise = Normal::new(0.0, o.input_noise).expect("--input-noise is finite and >= 0");
     let mut data = vec![cast(0.0); steps * n];
@@ -191,7 +152,7 @@ fn generated<T: Copy + Send>(o: &SimOptions, gain: &[f64], cast: fn(f64) -> T) -
 }
 
 /// The built-in heterogeneous population, norse's defaults, or the parameter file's.
-fn parameters(o: &SimOptions, rng: &mut StdRng) -> Result<AdexParameters, String> {
+fn parameters(o: &SimulateArgs, rng: &mut StdRng) -> Result<AdexParameters, String> {
     let n = o.neurons;
     let base = AdexParameters {
         dt: o.dt,
@@ -224,33 +185,33 @@ fn parameters(o: &SimOptions, rng: &mut StdRng) -> Result<AdexParameters, String
 /// Neurons whose traces the figure shows.
 const TRACED: usize = 3;
 
-fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
+fn run_simulation(mut o: SimulateArgs, dev: &Device) -> anyhow::Result<()> {
     // Input and parameter files are read and checked before any work: an input file first (it
     // sets the population size the parameters are checked for). The generated input draws from
     // the seed before the built-in population does.
     let mut rng = StdRng::seed_from_u64(o.seed);
     let file_input = match &o.input {
-        Input::File(_) => Some(input_currents(&mut o, &mut rng).map_err(Failure::Usage)?),
+        Input::File(_) => Some(input_currents(&mut o, &mut rng).map_err(usage)?),
         _ => None,
     };
     let given = match &o.params {
         Params::Population => None,
-        _ => Some(parameters(&o, &mut rng).map_err(Failure::Usage)?),
+        _ => Some(parameters(&o, &mut rng).map_err(usage)?),
     };
-    check_memory(&o).map_err(Failure::Usage)?;
+    check_memory(&o).map_err(usage)?;
     let input = match file_input {
         Some(x) => x,
-        None => input_currents(&mut o, &mut rng).map_err(Failure::Usage)?,
+        None => input_currents(&mut o, &mut rng).map_err(usage)?,
     };
     let p = match given {
         Some(p) => p,
-        None => parameters(&o, &mut rng).map_err(Failure::Usage)?,
+        None => parameters(&o, &mut rng).map_err(usage)?,
     };
     let (n, steps) = (o.neurons, o.steps);
     let dt = p.dt;
     let run = || -> candle_core::Result<Outcome> {
         let p = p.to_device(dev)?;
-        let xs = input.to_device(dev)?.to_dtype(o.dtype)?;
+        let xs = input.to_device(dev)?.to_dtype(o.dtype.dtype())?;
         simulate_population(&o, &p, &xs)
     };
     let path = match fused::unsupported_reason(&p, dev) {
@@ -270,10 +231,10 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
     if !o.json {
         println!(
             "simulating {n} AdEx neurons for {steps} steps (dt = {dt} s, {:?}, {device}, {path}; {params})",
-            o.dtype,
+            o.dtype.dtype(),
         );
     }
-    let out = run().map_err(|e| e.to_string())?;
+    let out = run().context("the simulation failed")?;
     let stats = SpikeStats::new(&out.spikes, o.steps, o.neurons, dt);
     if !o.json {
         report(&o, dt, &out, &stats);
@@ -296,7 +257,7 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
             neurons: n,
             steps,
             dt,
-            dtype: o.dtype.as_str(),
+            dtype: o.dtype.dtype().as_str(),
             device,
             path,
             parameters: params,
@@ -324,10 +285,7 @@ fn run_simulation(mut o: SimOptions, dev: &Device) -> Result<(), Failure> {
             figure: o.plot.as_ref().map(|p| p.display().to_string()),
             recording: o.record.as_ref().map(|p| p.display().to_string()),
         };
-        println!(
-            "{}",
-            serde_json::to_string(&summary).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
 }
@@ -391,7 +349,7 @@ struct Outcome {
 }
 
 fn simulate_population(
-    o: &SimOptions,
+    o: &SimulateArgs,
     p: &AdexParameters,
     xs: &Tensor,
 ) -> candle_core::Result<Outcome> {
@@ -399,8 +357,8 @@ fn simulate_population(
     let need_states = o.plot.is_some() || o.record.is_some();
     // The state in the compute precision between chunks (f32 for f16/bf16), as one library call
     // keeps it: each chunk's input is widened exactly, and only what is reported is rounded.
-    let compute = candle_adex::reference::compute_dtype(o.dtype);
-    let record_dtype = if o.dtype == DType::F64 {
+    let compute = candle_adex::reference::compute_dtype(o.dtype.dtype());
+    let record_dtype = if o.dtype.dtype() == DType::F64 {
         DType::F64
     } else {
         DType::F32
@@ -437,16 +395,17 @@ fn simulate_population(
         );
         if let Some(rec) = &seq.recorded {
             let k = TRACED.min(n);
-            // What a run in o.dtype returns: the states rounded to it.
-            let round = |t: &Tensor| t.to_dtype(o.dtype)?.to_dtype(record_dtype);
+            // What a run in o.dtype.dtype() returns: the states rounded to it.
+            let round = |t: &Tensor| t.to_dtype(o.dtype.dtype())?.to_dtype(record_dtype);
             out.traces[0].extend(host(&round(&rec.v.narrow(1, 0, k)?)?.contiguous()?)?);
             out.traces[1].extend(host(&round(&rec.a.narrow(1, 0, k)?)?.contiguous()?)?);
             if o.record.is_some() {
-                for name in &o.record_states {
-                    let t = match name.as_str() {
-                        "v" => &rec.v,
-                        "i" => &rec.i,
-                        _ => &rec.a,
+                for &state in &o.record_states {
+                    let name = state.name().to_string();
+                    let t = match state {
+                        StateName::V => &rec.v,
+                        StateName::I => &rec.i,
+                        StateName::A => &rec.a,
                     };
                     out.recorded
                         .entry(name.clone())
@@ -458,7 +417,7 @@ fn simulate_population(
         state = seq.state;
         let a = state
             .a
-            .to_dtype(o.dtype)?
+            .to_dtype(o.dtype.dtype())?
             .to_dtype(DType::F64)?
             .mean_all()?
             .to_scalar::<f64>()?;
@@ -469,13 +428,13 @@ fn simulate_population(
     out.wall = start.elapsed().as_secs_f64();
     out.final_a = state
         .a
-        .to_dtype(o.dtype)?
+        .to_dtype(o.dtype.dtype())?
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?;
     Ok(out)
 }
 
-fn report(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) {
+fn report(o: &SimulateArgs, dt: f64, out: &Outcome, stats: &SpikeStats) {
     let (n, steps) = (o.neurons, o.steps);
     let seconds = steps as f64 * dt;
     println!("  neurons               {n}");
@@ -513,7 +472,7 @@ fn report(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) {
 }
 
 /// Raster, traces and the rate histogram in one figure.
-fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure {
+fn figure(o: &SimulateArgs, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure {
     let (n, steps) = (o.neurons, o.steps);
     let shown = n.min(200);
     let (mut xs, mut ys) = (vec![], vec![]);
@@ -590,16 +549,15 @@ fn figure(o: &SimOptions, dt: f64, out: &Outcome, stats: &SpikeStats) -> Figure 
     )
 }
 
-fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), String> {
+fn record(path: &Path, o: &SimulateArgs, dt: f64, out: &Outcome) -> anyhow::Result<()> {
     let (n, steps) = (o.neurons, o.steps);
-    let err = |e: candle_core::Error| e.to_string();
     let spikes = out.spikes.clone();
     let mut tensors = vec![(
         "spikes".to_string(),
-        Tensor::from_vec(spikes, (steps, n), &Device::Cpu).map_err(err)?,
+        Tensor::from_vec(spikes, (steps, n), &Device::Cpu)?,
     )];
     for (name, chunks) in &out.recorded {
-        tensors.push((name.clone(), Tensor::cat(chunks, 0).map_err(err)?));
+        tensors.push((name.clone(), Tensor::cat(chunks, 0)?));
     }
     let meta = HashMap::from([
         ("dt".to_string(), dt.to_string()),
@@ -608,7 +566,7 @@ fn record(path: &Path, o: &SimOptions, dt: f64, out: &Outcome) -> Result<(), Str
         ("seed".to_string(), o.seed.to_string()),
     ]);
     safetensors::serialize_to_file(tensors, Some(meta), path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Firing statistics of a `[T, N]` spike raster.

@@ -470,6 +470,34 @@ fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
     // a failure while running (an unreadable golden file) exits 1
     let o = adex(&["conformance", "/nonexistent.safetensors"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    // a device that is not there (Metal, off macOS): exit 1, the option and its cause on one
+    // line; -v puts the cause on a line of its own
+    if cfg!(not(target_os = "macos")) {
+        let args = [
+            "simulate",
+            "--device",
+            "metal",
+            "--steps",
+            "10",
+            "--neurons",
+            "4",
+        ];
+        let o = Command::new(env!("CARGO_BIN_EXE_adex"))
+            .args(args)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.starts_with("error: --device metal: "), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        let o = adex(&[&args[..], &["-v"]].concat());
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("error: --device metal\n\nCaused by:\n"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
