@@ -90,7 +90,7 @@ pub const SHAPES: [(usize, usize, usize); 4] = [
 /// The L2/L3-resident shape of a row's in-cache figure (`T, B, N`): 1.6 MB of f32 input.
 pub const IN_CACHE_SHAPE: (usize, usize, usize) = (100, 1, 4096);
 
-/// One measured row: the fields of `adex bench --json`.
+/// One measured row (what `adex bench` prints, as text or JSON).
 #[derive(Clone, Debug)]
 pub struct Row {
     pub op: &'static str,
@@ -119,31 +119,6 @@ impl Row {
     pub fn limit_neuron_steps_per_s(&self) -> f64 {
         let m = self.memory_roof_neuron_steps_per_s;
         self.in_cache_neuron_steps_per_s.map_or(m, |c| c.min(m))
-    }
-
-    /// One JSON object (no trailing newline).
-    pub fn json(&self) -> String {
-        let opt = |x: Option<f64>| match x {
-            Some(r) => format!("{r:.4e}"),
-            None => "null".to_string(),
-        };
-        let reference = opt(self.reference_neuron_steps_per_s);
-        format!(
-            "{{\"op\":\"{}\",\"dtype\":\"{}\",\"device\":\"{}\",\"isa\":\"{}\",\"t\":{},\"b\":{},\"n\":{},\"threads\":{},\"neuron_steps_per_s\":{:.4e},\"roof_neuron_steps_per_s\":{:.4e},\"memory_roof_neuron_steps_per_s\":{:.4e},\"in_cache_neuron_steps_per_s\":{},\"reference_neuron_steps_per_s\":{}}}",
-            self.op,
-            self.dtype.as_str(),
-            self.device,
-            self.isa,
-            self.t,
-            self.b,
-            self.n,
-            self.threads,
-            self.neuron_steps_per_s,
-            self.roof_neuron_steps_per_s,
-            self.memory_roof_neuron_steps_per_s,
-            opt(self.in_cache_neuron_steps_per_s),
-            reference
-        )
     }
 }
 
