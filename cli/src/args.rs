@@ -410,17 +410,33 @@ fn params_source(s: &str) -> Result<Params, String> {
     }
 }
 
-/// An output file with one of `exts`, in a directory that exists (checked before any work).
+/// An output file with one of `exts` (any case) that can be written, checked before any work:
+/// an existing file is opened for writing without changing it, a new one is created and removed.
 fn output_path(s: &str, exts: &[&str]) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
-    if !exts.contains(&ext) {
+    if !exts.iter().any(|e| e.eq_ignore_ascii_case(ext)) {
         return Err(format!("the file must end in .{}", exts.join(" or .")));
     }
-    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(format!("no directory {}", dir.display())),
-        _ => Ok(path),
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(format!("no directory {}", dir.display()));
+        }
     }
+    if path.is_dir() {
+        return Err(format!("{} is a directory", path.display()));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    if !existed {
+        std::fs::remove_file(&path).ok();
+    }
+    Ok(path)
 }
 
 fn figure_path(s: &str) -> Result<PathBuf, String> {

@@ -382,6 +382,11 @@ fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
             vec!["simulate", "--record", "/nonexistent/r.safetensors"],
             "no directory /nonexistent",
         ),
+        // a directory that exists and takes no files (Linux's /proc, even for root)
+        (
+            vec!["simulate", "--plot", "/proc/adex.png"],
+            "cannot write /proc/adex.png",
+        ),
         (
             vec!["simulate", "--input", "sine"],
             "expected noisy, constant, ramp",
@@ -454,6 +459,12 @@ fn user_mistakes_exit_2_with_one_line_and_run_time_failures_exit_1() {
             "{err}"
         );
     }
+    let dir = tmp("figure-dir.png");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = adex(&["simulate", "--plot", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    std::fs::remove_dir(dir).ok();
     // a bad parameter file: one line naming the file and key, even with RUST_BACKTRACE set
     let params = tmp("bad.toml");
     std::fs::write(&params, "tau_mem = 50\n").unwrap();
