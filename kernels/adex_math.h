@@ -41,12 +41,20 @@ ADEX_FN unsigned int adex_f32_to_bits(float f) {
     return u;
 }
 using std::exp;
+using std::exp2;
 using std::fabs;
 using std::fma;
 using std::sqrt;
 #endif
 
 // ---------------------------------------------------------------- precision-specific pieces
+
+// 2^x as p*s (s = 2^n, a power of two; see adex_exp2_parts).
+template <typename F>
+struct AdexPow2 {
+    F p;
+    F s;
+};
 
 // exp for f32: Cody-Waite reduction by ln 2, Cephes' degree-5 polynomial in Estrin form, 2^n in
 // the exponent bits; arguments below -87 raised to -87; about 1 ulp (math.rs: exp_f32).
@@ -65,7 +73,27 @@ ADEX_FN float adex_exp(float x) {
     float y = fma(p, r2, r) + 1.0f;
     return y * adex_f32_from_bits((adex_f32_to_bits(t) + 127u) << 23);
 }
-ADEX_FN float adex_exp_cap(float) { return 88.0f; }
+// 2^x for f32 as (p, s), 2^x = p*s: s = 2^n for the integer n nearest x (the exponent bits),
+// p = 2^f = 1 + f*q(f) for f = x - n in [-1/2, 1/2], q Cephes' degree-5 exp2f polynomial in
+// Estrin form; arguments below -126 raised to -126 (math.rs: exp2_parts_f32).
+ADEX_FN AdexPow2<float> adex_exp2_parts(float x) {
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    x = x < -126.0f ? -126.0f : x;
+    float t = x + shifter;
+    float n = t - shifter;
+    float f = x - n;
+    float f2 = f * f;
+    float q01 = fma(f, 2.4022648e-1f, 6.931472e-1f);
+    float q23 = fma(f, 9.618437e-3f, 5.5503325e-2f);
+    float q45 = fma(f, 1.5353362e-4f, 1.3398874e-3f);
+    float q = fma(q45, f2 * f2, fma(q23, f2, q01));
+    AdexPow2<float> r;
+    r.p = fma(q, f, 1.0f);
+    r.s = adex_f32_from_bits((adex_f32_to_bits(t) + 127u) << 23);
+    return r;
+}
+// The exp cap 88 in base 2, 88*log2(e) rounded to f32 (math.rs: Real::EXP2_CAP).
+ADEX_FN float adex_exp2_cap(float) { return 126.957161f; }
 ADEX_FN float adex_abs(float x) { return fabs(x); }
 ADEX_FN float adex_sqrt(float x) { return sqrt(x); }
 ADEX_FN bool adex_is_finite(float x) { return fabs(x) < INFINITY; }
@@ -74,7 +102,13 @@ ADEX_FN float adex_two_over_sqrt_pi(float) { return 1.12837922573089599609f; }
 #if ADEX_HAS_F64
 // f64 is the validation precision: the platform's exp.
 ADEX_FN double adex_exp(double x) { return exp(x); }
-ADEX_FN double adex_exp_cap(double) { return 709.0; }
+ADEX_FN AdexPow2<double> adex_exp2_parts(double x) {
+    AdexPow2<double> r;
+    r.p = exp2(x);
+    r.s = 1.0;
+    return r;
+}
+ADEX_FN double adex_exp2_cap(double) { return 709.0 * 1.4426950408889634; }
 ADEX_FN double adex_abs(double x) { return fabs(x); }
 ADEX_FN double adex_sqrt(double x) { return sqrt(x); }
 ADEX_FN bool adex_is_finite(double x) { return fabs(x) < (double)INFINITY; }
@@ -83,16 +117,16 @@ ADEX_FN double adex_two_over_sqrt_pi(double) { return 1.12837916709551257390; }
 
 // ---------------------------------------------------------------- the model
 
-// The parameters of one neuron in compute precision, the dt products formed on the host
-// (math.rs: Coef; same field order, 11 fields).
+// The parameters of one neuron in compute precision, the dt products and the membrane's
+// base-2 exponent formed on the host (math.rs: Coef; same field order, 11 fields).
 template <typename F>
 struct AdexCoef {
     F v_leak;
-    F v_th;
-    F v_spike;  // v_peak when set, else v_th
+    F x_offset;  // -v_th * x_scale
+    F v_spike;   // v_peak when set, else v_th
     F v_reset;
-    F delta_t;
-    F inv_delta_t;  // 1 / delta_T
+    F c_exp;    // c_mem * delta_T
+    F x_scale;  // log2(e) / delta_T
     F a_current;
     F a_spike;
     F c_mem;  // dt * tau_mem_inv
@@ -116,16 +150,19 @@ struct AdexMembrane {
 };
 
 // v_dec = v + dt*tau_mem_inv*((v_leak - v) + delta_T*exp(u) + i_jump - a), u = (v - v_th)/delta_T
-// capped at the exp cap (math.rs: membrane).
+// capped at the exp cap, the exponent in base 2 and 2^n folded into c_exp for a short chain
+// (math.rs: membrane).
 template <typename F>
 ADEX_FN AdexMembrane<F> adex_membrane(AdexCoef<F> c, F v, F i_jump, F a) {
-    F cap = adex_exp_cap(v);
-    F u = (v - c.v_th) * c.inv_delta_t;
+    F cap = adex_exp2_cap(v);
+    F x = fma(v, c.x_scale, c.x_offset);
     AdexMembrane<F> m;
-    m.capped = u > cap;
-    m.e = adex_exp(m.capped ? cap : u);
+    m.capped = x > cap;
+    AdexPow2<F> e = adex_exp2_parts(m.capped ? cap : x);
     F base = ((c.v_leak - v) + i_jump) - a;
-    m.v_dec = fma(fma(c.delta_t, m.e, base), c.c_mem, v);
+    F w = fma(base, c.c_mem, v);
+    m.v_dec = fma(e.p, e.s * c.c_exp, w);
+    m.e = e.p * e.s;
     return m;
 }
 

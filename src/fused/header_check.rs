@@ -89,20 +89,29 @@ fn records(count: usize) -> Vec<Record> {
         .map(|k| {
             let delta_t = rng.range(0.1, 2.0);
             let v_th = rng.range(0.5, 1.5);
-            let coef = [
+            let (v_leak, v_spike, v_reset) = (
                 rng.range(-0.2, 0.2),
-                v_th,
                 if k % 3 == 0 {
                     v_th
                 } else {
                     rng.range(1.5, 5.0)
                 },
                 rng.range(-0.5, 0.3),
-                delta_t,
-                1.0 / delta_t,
-                rng.range(0.0, 2.0),
-                rng.range(0.0, 1.0),
-                rng.range(0.01, 0.3),
+            );
+            let (a_current, a_spike) = (rng.range(0.0, 2.0), rng.range(0.0, 1.0));
+            let c_mem = rng.range(0.01, 0.3);
+            // the membrane's base-2 exponent, as fused::resolve_coefs forms it
+            let x_scale = std::f64::consts::LOG2_E / delta_t;
+            let coef = [
+                v_leak,
+                -v_th * x_scale,
+                v_spike,
+                v_reset,
+                c_mem * delta_t,
+                x_scale,
+                a_current,
+                a_spike,
+                c_mem,
                 rng.range(0.01, 0.5),
                 rng.range(0.0, 0.2),
             ];

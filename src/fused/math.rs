@@ -4,9 +4,11 @@
 //! Every function here is `#[inline(always)]` and free of branches that depend on data (all
 //! conditionals are selects), so the lane loops of [`super::cpu`] compile to SIMD code in each
 //! instruction-set context they are instantiated in (AVX-512, AVX2+FMA, or the portable
-//! baseline). The operation order is the reference path's (norse's); the differences are the
-//! polynomial `exp` for f32 (about 1 ulp, see [`exp_f32`]) and the summation order of the
-//! gradient terms, so results agree with [`crate::reference`] to a few ulp, not bit for bit.
+//! baseline). The operation order is the reference path's (norse's) except in the membrane's
+//! exponential term, computed in base 2 for a short dependency chain (see [`membrane`]), the
+//! polynomial `exp2`/`exp` for f32 (about 1 ulp, see [`exp2_parts_f32`], [`exp_f32`]) and the
+//! summation order of the gradient terms, so results agree with [`crate::reference`] to a few
+//! ulp, not bit for bit.
 //! The CUDA/Metal header in `kernels/` mirrors these functions line by line.
 
 // Index loops over fixed-size lane arrays are the form the vectorizer handles best here
@@ -41,9 +43,10 @@ pub(crate) trait Lanes:
     fn mul_add<const FMA: bool>(self, b: Self, c: Self) -> Self;
     /// `f` applied lane by lane.
     fn map_lanes(self, f: impl Fn(Self::S) -> Self::S + Copy) -> Self;
-    /// `2^n` from `t = x*log2(e) + 1.5*2^mantissa_bits`, whose low mantissa bits hold `n`.
+    /// `2^n` from `t = y + 1.5*2^mantissa_bits` (`y` rounded to the integer `n` in adding),
+    /// whose low mantissa bits hold `n`.
     fn pow2_shifted(self) -> Self;
-    /// `exp(x)` for `x <= EXP_CAP` (see [`exp_f32`] for f32; f64 uses the platform's `exp`).
+    /// `exp(x)` for `x <= 88` in f32 (see [`exp_f32`] for f32; f64 uses the platform's `exp`).
     #[inline(always)]
     fn exp<const FMA: bool>(self) -> Self {
         <Self::S as Real>::exp_of::<Self, FMA>(self)
@@ -102,7 +105,7 @@ macro_rules! scalar_lanes {
             #[inline(always)]
             fn pow2_shifted(self) -> Self {
                 // The low bits of the pattern hold n; shifted into the exponent field they give
-                // the biased exponent (n + 127 in [1, 254] for f32 arguments in [-87, 88]).
+                // the biased exponent (n + 127 in [1, 254] for f32 exponents n in [-126, 127]).
                 let $x = self;
                 $exp
             }
@@ -387,14 +390,38 @@ pub(crate) fn exp_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> V {
     y * t.pow2_shifted()
 }
 
+/// Branch-free `2^x` for f32 lanes, `x <= 127`, as `(p, s)` with `2^x = p*s`: `s = 2^n` for the
+/// integer `n` nearest `x` (built in the exponent bits), `p = 2^f = 1 + f*q(f)` for `f = x - n`
+/// (exact) in `[-1/2, 1/2]`, `q` Cephes' degree-5 `exp2f` polynomial in Estrin form (relative
+/// error about 1.7e-7, i.e. about 1 ulp). Arguments below -126 are raised to -126 so that `s`
+/// stays a normal number. The membrane keeps `p` and `s` apart: `s` joins the coefficient it
+/// multiplies off the critical path.
+#[inline(always)]
+pub(crate) fn exp2_parts_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> (V, V) {
+    let c = V::splat;
+    const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let x = V::select(x.lt(c(-126.0)), c(-126.0), x);
+    let t = x + c(SHIFTER);
+    let n = t - c(SHIFTER);
+    let f = x - n;
+    let f2 = f * f;
+    let q01 = f.mul_add::<FMA>(c(2.402_264_8e-1), c(6.931_472e-1));
+    let q23 = f.mul_add::<FMA>(c(9.618_437e-3), c(5.550_332_5e-2));
+    let q45 = f.mul_add::<FMA>(c(1.535_336_2e-4), c(1.339_887_4e-3));
+    let q = q45.mul_add::<FMA>(f2 * f2, q23.mul_add::<FMA>(f2, q01));
+    (q.mul_add::<FMA>(f, c(1.0)), t.pow2_shifted())
+}
+
 /// The two compute precisions: f32 (for f32, f16 and bf16 data) and f64.
 pub(crate) trait Real:
     Lanes<S = Self, Mask = bool> + PartialOrd + Default + Send + Sync + 'static
 {
     const ZERO: Self;
     const ONE: Self;
-    /// Largest exponent passed to `exp` (the reference path's cap: 88 for f32, 709 for f64).
-    const EXP_CAP: Self;
+    /// Largest exponent of the membrane's exponential, in base 2: the reference path's cap on
+    /// `u` (88 for f32, 709 for f64) times `log2(e)`.
+    const EXP2_CAP: Self;
+    const LOG2_E: Self;
     /// The unsigned integer of the same width: a [`Pack`]'s mask lanes.
     type Bits: Copy + PartialEq;
     /// The mask lane that is false (all bits clear).
@@ -405,12 +432,15 @@ pub(crate) trait Real:
     fn to_f64(self) -> f64;
     /// `exp` of lanes of this precision.
     fn exp_of<L: Lanes<S = Self>, const FMA: bool>(x: L) -> L;
+    /// `2^x` of lanes of this precision as `(p, s)`, `2^x = p*s` (see [`exp2_parts_f32`]).
+    fn exp2_parts_of<L: Lanes<S = Self>, const FMA: bool>(x: L) -> (L, L);
 }
 
 impl Real for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    const EXP_CAP: Self = 88.0;
+    const EXP2_CAP: Self = 88.0 * std::f32::consts::LOG2_E;
+    const LOG2_E: Self = std::f32::consts::LOG2_E;
     type Bits = u32;
     const NONE: u32 = 0;
     #[inline(always)]
@@ -429,12 +459,17 @@ impl Real for f32 {
     fn exp_of<L: Lanes<S = f32>, const FMA: bool>(x: L) -> L {
         exp_f32::<L, FMA>(x)
     }
+    #[inline(always)]
+    fn exp2_parts_of<L: Lanes<S = f32>, const FMA: bool>(x: L) -> (L, L) {
+        exp2_parts_f32::<L, FMA>(x)
+    }
 }
 
 impl Real for f64 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
-    const EXP_CAP: Self = 709.0;
+    const EXP2_CAP: Self = 709.0 * std::f64::consts::LOG2_E;
+    const LOG2_E: Self = std::f64::consts::LOG2_E;
     type Bits = u64;
     const NONE: u64 = 0;
     #[inline(always)]
@@ -454,6 +489,11 @@ impl Real for f64 {
     fn exp_of<L: Lanes<S = f64>, const FMA: bool>(x: L) -> L {
         x.map_lanes(f64::exp)
     }
+    /// The platform's `exp2`, whole (`s = 1`).
+    #[inline(always)]
+    fn exp2_parts_of<L: Lanes<S = f64>, const FMA: bool>(x: L) -> (L, L) {
+        (x.map_lanes(f64::exp2), L::splat(1.0))
+    }
 }
 
 /// `if c { a } else { b }` as a select.
@@ -463,17 +503,20 @@ pub(crate) fn sel<V: Lanes>(c: V::Mask, a: V, b: V) -> V {
 }
 
 /// The parameters of one neuron (or of all, when scalar), resolved to the compute precision with
-/// the `dt` products formed as the reference path forms them.
+/// the `dt` products formed as the reference path forms them, and the membrane's exponential
+/// term pre-arranged (`x_scale`, `x_offset`, `c_exp`) so that its chain is short.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Coef<F> {
     pub v_leak: F,
-    pub v_th: F,
+    /// `-v_th * x_scale`: the exponent in base 2 is `v*x_scale + x_offset`.
+    pub x_offset: F,
     /// The spike threshold: `v_peak` when set, else `v_th`.
     pub v_spike: F,
     pub v_reset: F,
-    pub delta_t: F,
-    /// `1 / delta_T`
-    pub inv_delta_t: F,
+    /// `c_mem * delta_T`: the exponential term's factor in `v_dec`.
+    pub c_exp: F,
+    /// `log2(e) / delta_T`
+    pub x_scale: F,
     pub a_current: F,
     pub a_spike: F,
     /// `dt * tau_mem_inv`
@@ -491,11 +534,11 @@ impl<F: Copy> Coef<F> {
     pub(crate) fn to_array(self) -> [F; N_COEF] {
         [
             self.v_leak,
-            self.v_th,
+            self.x_offset,
             self.v_spike,
             self.v_reset,
-            self.delta_t,
-            self.inv_delta_t,
+            self.c_exp,
+            self.x_scale,
             self.a_current,
             self.a_spike,
             self.c_mem,
@@ -515,11 +558,11 @@ impl<F: Copy> Coef<F> {
     pub(crate) fn from_fn(f: impl Fn(usize) -> F) -> Self {
         Coef {
             v_leak: f(0),
-            v_th: f(1),
+            x_offset: f(1),
             v_spike: f(2),
             v_reset: f(3),
-            delta_t: f(4),
-            inv_delta_t: f(5),
+            c_exp: f(4),
+            x_scale: f(5),
             a_current: f(6),
             a_spike: f(7),
             c_mem: f(8),
@@ -533,11 +576,11 @@ impl<F: Copy> Coef<F> {
     pub(crate) fn fields_mut(&mut self) -> [&mut F; N_COEF] {
         [
             &mut self.v_leak,
-            &mut self.v_th,
+            &mut self.x_offset,
             &mut self.v_spike,
             &mut self.v_reset,
-            &mut self.delta_t,
-            &mut self.inv_delta_t,
+            &mut self.c_exp,
+            &mut self.x_scale,
             &mut self.a_current,
             &mut self.a_spike,
             &mut self.c_mem,
@@ -549,25 +592,29 @@ impl<F: Copy> Coef<F> {
 
 /// The membrane update before the spike: `(v_dec, e, capped)` with
 /// `v_dec = v + dt*tau_mem_inv*((v_leak - v) + delta_T*exp(u) + i_jump - a)`,
-/// `u = (v - v_th)/delta_T` capped at `EXP_CAP` (`capped` says the cap was hit).
+/// `u = (v - v_th)/delta_T` capped at 88 (f32) or 709 (f64) (`capped` says the cap was hit),
+/// `e = exp(u)`.
 ///
-/// Evaluated for a short dependency chain (the exp is the long pole): `u` by the reciprocal of
-/// `delta_T`, the exp-independent part of the bracket summed while `exp` runs, then two
-/// multiply-adds. This differs from the reference path's order by a few ulp of `v_dec`.
+/// Arranged for a short dependency chain from `v` to `v_dec` (one step's chain is what bounds
+/// the kernels): the exponent in base 2 by one multiply-add, `2^x = p*2^n` with `2^n` folded
+/// into the coefficient `c_exp` and the exp-free part `v + c_mem*(...)` formed while the
+/// polynomial runs, then one multiply-add. This differs from the reference path's order by a
+/// few ulp of `v_dec`.
 #[inline(always)]
 fn membrane<V: Lanes, const FMA: bool>(c: &Coef<V>, v: V, i_jump: V, a: V) -> (V, V, V::Mask) {
-    let cap = V::splat(V::S::EXP_CAP);
-    let u = (v - c.v_th) * c.inv_delta_t;
-    let capped = u.gt(cap);
-    let e = sel(capped, cap, u).exp::<FMA>();
+    let x = v.mul_add::<FMA>(c.x_scale, c.x_offset);
+    let cap = V::splat(V::S::EXP2_CAP);
+    let capped = x.gt(cap);
+    let (p, s) = <V::S as Real>::exp2_parts_of::<V, FMA>(sel(capped, cap, x));
     let base = ((c.v_leak - v) + i_jump) - a;
-    let v_dec = c.delta_t.mul_add::<FMA>(e, base).mul_add::<FMA>(c.c_mem, v);
-    (v_dec, e, capped)
+    let w = base.mul_add::<FMA>(c.c_mem, v);
+    let v_dec = p.mul_add::<FMA>(s * c.c_exp, w);
+    (v_dec, p * s, capped)
 }
 
 /// What the backward of one step needs from its forward, saved by [`update_taped`] so that
 /// [`step_backward`] does not evaluate the exponential again: the membrane potential before
-/// the reset, and the exponential term `exp(u)`, or `-1` where `u` was capped at `EXP_CAP`
+/// the reset, and the exponential term `exp(u)`, or `-1` where `u` was capped
 /// (no gradient flows through a capped exponent; the exponential is never negative).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tape<V> {

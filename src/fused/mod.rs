@@ -172,6 +172,22 @@ impl<F: Real> Values<F> {
             Values::Each(v) => Values::Each(v.into_iter().map(f).collect()),
         }
     }
+
+    /// `f` of the two, neuron by neuron (one value stands for every neuron).
+    fn zip(&self, o: &Self, f: impl Fn(F, F) -> F) -> Self {
+        match (self, o) {
+            (Values::One(a), Values::One(b)) => Values::One(f(*a, *b)),
+            (Values::One(a), Values::Each(b)) => {
+                Values::Each(b.iter().map(|&b| f(*a, b)).collect())
+            }
+            (Values::Each(a), Values::One(b)) => {
+                Values::Each(a.iter().map(|&a| f(a, *b)).collect())
+            }
+            (Values::Each(a), Values::Each(b)) => {
+                Values::Each(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect())
+            }
+        }
+    }
 }
 
 /// Resolves one parameter to `F` values, as the reference path forms them.
@@ -221,17 +237,21 @@ pub(crate) fn resolve_coefs<F: Real>(
         None => v_th.clone(),
     };
     let delta_t = plain(&p.delta_t)?;
-    let inv_delta_t = delta_t.clone().map(|d| F::ONE / d);
+    let c_mem = timed(&p.tau_mem_inv)?;
+    // The membrane's exponential term in base 2 (math.rs: membrane).
+    let x_scale = delta_t.clone().map(|d| F::LOG2_E / d);
+    let x_offset = v_th.zip(&x_scale, |v_th, k| -(v_th * k));
+    let c_exp = c_mem.zip(&delta_t, |c, d| c * d);
     let fields: [Values<F>; N_COEF] = [
         plain(&p.v_leak)?,
-        v_th,
+        x_offset,
         v_spike,
         plain(&p.v_reset)?,
-        delta_t,
-        inv_delta_t,
+        c_exp,
+        x_scale,
         plain(&p.adaptation_current)?,
         plain(&p.adaptation_spike)?,
-        timed(&p.tau_mem_inv)?,
+        c_mem,
         timed(&p.tau_syn_inv)?,
         timed(&p.tau_ada_inv)?,
     ];
