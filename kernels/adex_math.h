@@ -42,6 +42,7 @@ ADEX_FN unsigned int adex_f32_to_bits(float f) {
 }
 using std::exp;
 using std::exp2;
+using std::rint;
 using std::fabs;
 using std::fma;
 using std::sqrt;
@@ -79,8 +80,8 @@ ADEX_FN float adex_exp(float x) {
 ADEX_FN AdexPow2<float> adex_exp2_parts(float x) {
     const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
     x = x < -126.0f ? -126.0f : x;
-    float t = x + shifter;
-    float n = t - shifter;
+    float n = rint(x);  // ties to even, as the shifter would round
+    float t = n + shifter;
     float f = x - n;
     float f2 = f * f;
     float q01 = fma(f, 2.4022648e-1f, 6.931472e-1f);

@@ -401,8 +401,15 @@ pub(crate) fn exp2_parts_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> (V, V)
     let c = V::splat;
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let x = V::select(x.lt(c(-126.0)), c(-126.0), x);
-    let t = x + c(SHIFTER);
-    let n = t - c(SHIFTER);
+    // n by one rounding instruction where the instruction set has one (FMA marks AVX2,
+    // AVX-512 and aarch64), else by the shifter; both give the nearest integer, ties to even.
+    let (n, t) = if FMA {
+        let n = x.map_lanes(f32::round_ties_even);
+        (n, n + c(SHIFTER))
+    } else {
+        let t = x + c(SHIFTER);
+        (t - c(SHIFTER), t)
+    };
     let f = x - n;
     let f2 = f * f;
     let q01 = f.mul_add::<FMA>(c(2.402_264_8e-1), c(6.931_472e-1));
