@@ -264,8 +264,8 @@ pub(super) fn bwd_blocks<
         ckpt: Vec::with_capacity(job.t.div_ceil(SEG) + 1),
         seg: Vec::with_capacity(SEG),
     };
-    // With SPLIT, the encoder and the feed-forward neuron have their own loops (as run-time
-    // branches per pack they cost 10-20 % on AVX2). Scalar parameters are splatted into the
+    // With SPLIT (f32 only), the encoder and the feed-forward neuron have their own loops
+    // (as run-time branches per pack they cost 10-20 % on AVX2). Scalar parameters are splatted into the
     // lane packs: unlike the forward, the backward measured no faster with a loop for them.
     let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs);
     let syn = job.i0.is_some();
@@ -273,7 +273,7 @@ pub(super) fn bwd_blocks<
         let block = blocks.get(k);
         coef.set_block(job.coefs, block);
         let s = &mut scratch;
-        match (SPLIT, syn) {
+        match (SPLIT && F::SPLIT_LOOPS, syn) {
             (false, _) => bwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, s, &coef),
             (true, true) => bwd_block::<V, G, FMA, 1, F>(job, block, stream, s, &coef),
             (true, false) => bwd_block::<V, G, FMA, 0, F>(job, block, stream, s, &coef),

@@ -132,7 +132,8 @@ const RUNTIME: u8 = 3;
 
 /// The blocks `range` of a forward call, in order, on this thread. With `SPLIT`, each drive
 /// kind and scalar parameters get their own copy of the loop (run-time branches per pack
-/// measured 10-20 % slower on AVX2); without it (the portable path) one loop serves all.
+/// measured 10-20 % slower on AVX2), for f32 only (`Real::SPLIT_LOOPS`); without it (the
+/// portable path, and f64) one loop serves all.
 #[inline(always)]
 pub(super) fn fwd_blocks<
     const V: usize,
@@ -155,7 +156,7 @@ pub(super) fn fwd_blocks<
     for k in range {
         let block = blocks.get(k);
         coef.set_block(job.coefs, block);
-        match (SPLIT, job.coefs, drive) {
+        match (SPLIT && F::SPLIT_LOOPS, job.coefs, drive) {
             (false, ..) => fwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &coef),
             (true, Coefs::Scalar(c), 0) => fwd_block::<V, G, FMA, 0, F>(job, block, stream, c),
             (true, Coefs::Scalar(c), 1) => fwd_block::<V, G, FMA, 1, F>(job, block, stream, c),
