@@ -152,11 +152,13 @@ pub(super) fn fwd_blocks<
         (true, false) => 1,
         (true, true) => 2,
     };
-    let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs);
+    let split = SPLIT && F::SPLIT_LOOPS;
+    // With `split`, scalar parameters are splatted at each use, not read from packs.
+    let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs, !split);
     for k in range {
         let block = blocks.get(k);
         coef.set_block(job.coefs, block);
-        match (SPLIT && F::SPLIT_LOOPS, job.coefs, drive) {
+        match (split, job.coefs, drive) {
             (false, ..) => fwd_block::<V, G, FMA, RUNTIME, F>(job, block, stream, &coef),
             (true, Coefs::Scalar(c), 0) => fwd_block::<V, G, FMA, 0, F>(job, block, stream, c),
             (true, Coefs::Scalar(c), 1) => fwd_block::<V, G, FMA, 1, F>(job, block, stream, c),
