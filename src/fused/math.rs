@@ -431,7 +431,8 @@ pub(crate) trait Real:
     const LOG2_E: Self;
     /// Whether the SIMD kernels of this precision get a loop per drive kind and parameter
     /// kind (f32, the inference precision); f64, the validation precision, keeps one loop for
-    /// all, which halves its compile time and code for a few percent of its speed.
+    /// all: a third of the crate's build time and code, for a speed difference within the
+    /// noise (docs/PERFORMANCE.md).
     const SPLIT_LOOPS: bool;
     /// The unsigned integer of the same width: a [`Pack`]'s mask lanes.
     type Bits: Copy + PartialEq;

@@ -265,8 +265,9 @@ pub(super) fn bwd_blocks<
         seg: Vec::with_capacity(SEG),
     };
     // With SPLIT (f32 only), the encoder and the feed-forward neuron have their own loops
-    // (as run-time branches per pack they cost 10-20 % on AVX2). Scalar parameters are splatted into the
-    // lane packs: unlike the forward, the backward measured no faster with a loop for them.
+    // (as run-time branches per pack they cost 10-20 % on AVX2). Scalar parameters are
+    // splatted into the lane packs: unlike the forward, the backward measured no faster with a
+    // loop for them.
     let mut coef = BlockCoef::<F, V, G>::for_call(job.coefs, true);
     let syn = job.i0.is_some();
     for k in range {

@@ -24,10 +24,9 @@ pub(super) struct BlockCoef<F, const V: usize, const G: usize> {
 }
 
 impl<F: Real, const V: usize, const G: usize> BlockCoef<F, V, G> {
-    /// Packs for one thread's blocks of a call: scalar parameters splatted here (only with
-    /// `splat_scalar`: a loop that splats them at each use needs none, and filling them cost a
-    /// call of 1,000 neurons about a sixth of its time), per-neuron ones filled block by block
-    /// by [`BlockCoef::set_block`].
+    /// Packs for one thread's blocks of a call: scalar parameters splatted here if
+    /// `splat_scalar` (a loop that splats them at each use needs none, and short calls feel
+    /// the filling), per-neuron ones filled block by block by [`BlockCoef::set_block`].
     pub(super) fn for_call(coefs: &Coefs<F>, splat_scalar: bool) -> Self {
         let one = match coefs {
             Coefs::Scalar(_) if !splat_scalar => return BlockCoef { packs: Vec::new() },
