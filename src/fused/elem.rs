@@ -55,9 +55,14 @@ elem!(
     |x| f32::from_bits((x.to_bits() as u32) << 16),
     |y| bf16::from_bits(f32_to_bf16_bits(y))
 );
-elem!(f16, f32, f16::ZERO, f16::ONE, |x| f16_bits_to_f32(x.to_bits()), |y| {
-    f16::from_bits(f32_to_f16_bits(y))
-});
+elem!(
+    f16,
+    f32,
+    f16::ZERO,
+    f16::ONE,
+    |x| f16_bits_to_f32(x.to_bits()),
+    |y| { f16::from_bits(f32_to_f16_bits(y)) }
+);
 
 /// f32 to bf16 bits, rounding to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]

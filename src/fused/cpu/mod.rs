@@ -54,6 +54,10 @@ const VEC_AVX2: usize = 8;
 /// The AVX2 forward runs two 8-lane groups per pack: with the membrane's short chain, four
 /// spill more of AVX2's 16 registers than their extra independent work pays for.
 const GROUPS_AVX2_FWD: usize = 2;
+/// The AVX-512 backward runs one 32-lane group (two registers) per pack: it holds more values
+/// per lane than the forward, and four 16-lane groups measured slower (docs/PERFORMANCE.md).
+const VEC_AVX512_BWD: usize = 32;
+const GROUPS_AVX512_BWD: usize = 1;
 /// The AVX2 backward keeps 16-lane groups (8 measured slower there).
 const VEC_AVX2_BWD: usize = 16;
 const GROUPS_AVX2_BWD: usize = 2;
@@ -285,7 +289,7 @@ mod x86 {
         r: Range<usize>,
         s: bool,
     ) {
-        backward::bwd_blocks::<VEC_AVX512, GROUPS, true, true, F>(job, b, r, s)
+        backward::bwd_blocks::<VEC_AVX512_BWD, GROUPS_AVX512_BWD, true, true, F>(job, b, r, s)
     }
 
     #[target_feature(enable = "avx2,fma,f16c,bmi1,bmi2")]
