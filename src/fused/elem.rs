@@ -61,7 +61,7 @@ elem!(
     f16::ZERO,
     f16::ONE,
     |x| f16_bits_to_f32(x.to_bits()),
-    |y| { f16::from_bits(f32_to_f16_bits(y)) }
+    |y| f16::from_bits(f32_to_f16_bits(y))
 );
 
 /// f32 to bf16 bits, rounding to nearest even; NaN stays a (quiet) NaN.
