@@ -7,9 +7,7 @@
 
 use super::super::math;
 use super::coefs::{BlockCoef, Coefs, PackSource};
-use super::mem::{
-    load_init, prefetch_ahead, put_row, put_spikes_row, row_in, stream_fence, PREFETCH_BYTES,
-};
+use super::mem::{load_init, prefetch_ahead, put_row, row_in, stream_fence, PREFETCH_BYTES};
 use super::views::{AnyInit, AnyRows, AnySlice, Native};
 use super::{Blocks, LoadStore, BLOCK, P};
 use std::ops::Range;
@@ -112,19 +110,19 @@ fn fwd_block<const V: usize, const G: usize, const FMA: bool, const DRIVE: u8, F
             }
         }
         if direct.is_none() {
-            put_spikes_row(&job.spikes, t, (m0, len), &z, stream);
+            put_row::<_, true>(&job.spikes, t, (m0, len), &z, stream);
         }
         if let Some(rec) = &job.record {
             for (r, vals) in rec.iter().zip([&v, &i, &a]) {
                 if let Some(r) = r {
-                    put_row(r, t, (m0, len), vals, stream);
+                    put_row::<_, false>(r, t, (m0, len), vals, stream);
                 }
             }
         }
     }
     for (r, vals) in job.last.iter().zip([&v, &i, &a]) {
         if let Some(r) = r {
-            put_row(r, 0, (m0, len), vals, false);
+            put_row::<_, false>(r, 0, (m0, len), vals, false);
         }
     }
 }

@@ -121,9 +121,10 @@ fn put<F: Real, O: Elem, const SPIKES: bool>(dst: &mut [O], vals: &[F; BLOCK], s
     }
 }
 
-/// Writes a block's lanes into row `t`, columns `m0..m0+len`, of an output of any dtype.
+/// Writes a block's lanes into row `t`, columns `m0..m0+len`, of an output of any dtype;
+/// `SPIKES` as in [`put`].
 #[inline(always)]
-pub(super) fn put_row<F: Real>(
+pub(super) fn put_row<F: Real, const SPIKES: bool>(
     out: &AnyRows,
     t: usize,
     (m0, len): (usize, usize),
@@ -131,24 +132,7 @@ pub(super) fn put_row<F: Real>(
     stream: bool,
 ) {
     // SAFETY: the block's columns belong to this thread; the segment is dropped at once.
-    with_any!(out, AnyRows, |r| put::<_, _, false>(
-        unsafe { r.segment(t, m0, len) },
-        vals,
-        stream
-    ))
-}
-
-/// [`put_row`] for spikes (every value 0 or 1).
-#[inline(always)]
-pub(super) fn put_spikes_row<F: Real>(
-    out: &AnyRows,
-    t: usize,
-    (m0, len): (usize, usize),
-    vals: &[F; BLOCK],
-    stream: bool,
-) {
-    // SAFETY: as in `put_row`.
-    with_any!(out, AnyRows, |r| put::<_, _, true>(
+    with_any!(out, AnyRows, |r| put::<_, _, SPIKES>(
         unsafe { r.segment(t, m0, len) },
         vals,
         stream
