@@ -13,8 +13,6 @@ pub(crate) trait Elem: WithDType + Erase + Copy + Send + Sync + 'static {
     type F: Real + Erase;
     /// The value 0, exactly.
     const NIL: Self;
-    /// The value 1, exactly (a spike).
-    const ONE: Self;
     fn to_f(self) -> Self::F;
     /// Only ever given 0 or 1 for `u8`.
     fn from_f(x: Self::F) -> Self;
@@ -26,11 +24,10 @@ pub(crate) trait Compute: Real + Elem<F = Self> {}
 impl<T: Real + Elem<F = T>> Compute for T {}
 
 macro_rules! elem {
-    ($t:ty, $f:ty, $nil:expr, $one:expr, |$x:ident| $to:expr, |$y:ident| $from:expr) => {
+    ($t:ty, $f:ty, $nil:expr, |$x:ident| $to:expr, |$y:ident| $from:expr) => {
         impl Elem for $t {
             type F = $f;
             const NIL: Self = $nil;
-            const ONE: Self = $one;
             #[inline(always)]
             fn to_f(self) -> $f {
                 let $x = self;
@@ -44,25 +41,19 @@ macro_rules! elem {
     };
 }
 
-elem!(f32, f32, 0.0, 1.0, |x| x, |y| y);
-elem!(f64, f64, 0.0, 1.0, |x| x, |y| y);
-elem!(u8, f32, 0, 1, |x| x as f32, |y| (y != 0.0) as u8);
+elem!(f32, f32, 0.0, |x| x, |y| y);
+elem!(f64, f64, 0.0, |x| x, |y| y);
+elem!(u8, f32, 0, |x| x as f32, |y| (y != 0.0) as u8);
 elem!(
     bf16,
     f32,
     bf16::ZERO,
-    bf16::ONE,
     |x| f32::from_bits((x.to_bits() as u32) << 16),
     |y| bf16::from_bits(f32_to_bf16_bits(y))
 );
-elem!(
-    f16,
-    f32,
-    f16::ZERO,
-    f16::ONE,
-    |x| f16_bits_to_f32(x.to_bits()),
-    |y| f16::from_bits(f32_to_f16_bits(y))
-);
+elem!(f16, f32, f16::ZERO, |x| f16_bits_to_f32(x.to_bits()), |y| {
+    f16::from_bits(f32_to_f16_bits(y))
+});
 
 /// f32 to bf16 bits, rounding to nearest even; NaN stays a (quiet) NaN.
 #[inline(always)]

@@ -89,18 +89,18 @@ pub(super) fn row_native<'s, F: Real + Elem>(
 }
 
 /// Writes the first `dst.len()` lanes of `vals` to `dst` as `O`, streaming when asked and
-/// possible (a full, 16-byte aligned block). `SPIKES`: the values are 0 or 1, whose storage is
-/// a select of two constants (the rounding conversion of bf16 and f16 cost the half-precision
-/// forward about a seventh of its time on AVX-512).
+/// possible (a full, 16-byte aligned block). `SPIKES`: the values are 0 or 1, stored as a
+/// select of the two converted constants instead of a rounding conversion per lane.
 #[inline(always)]
 fn put<F: Real, O: Elem, const SPIKES: bool>(dst: &mut [O], vals: &[F; BLOCK], stream: bool) {
     if !reachable::<O, F>() {
         unreachable!("no kernel call pairs these dtypes");
     }
+    let one = O::from_f(<O::F as Real>::ONE);
     let out = |x: F| {
         if SPIKES {
             if x > F::ZERO {
-                O::ONE
+                one
             } else {
                 O::NIL
             }
