@@ -54,7 +54,7 @@ pub(super) fn load_init<F: Real>(src: &AnyInit, (m0, len): (usize, usize), dst: 
 /// A block's row segment of an input as `BLOCK` lanes: with `in_place`, the row itself where it
 /// is a full block in the compute precision, else converted into `buf` and zero-padded.
 ///
-/// Rows streamed from DRAM (prefetched into L2 only) are better copied: the copy loop keeps
+/// Rows streamed from DRAM are better copied: the copy loop keeps
 /// many misses in flight, while the lane loop, read in place, would wait on each.
 #[inline(always)]
 pub(super) fn row_in<'s, F: Native>(
@@ -191,23 +191,23 @@ pub(super) fn stream_fence() {
     };
 }
 
-/// Hints that `bytes` from `p` will be read soon: into L2 (`prefetcht1`), not L1.
+/// Hints that `bytes` from `p` will be read soon, as non-temporal data (`prefetchnta`).
 ///
 /// The kernels walk `[T, M]` rows a block at a time, a pattern the hardware prefetchers do not
-/// follow, so these hints carry the DRAM traffic. A prefetch into L1 holds one of the core's few
-/// line-fill buffers until its line arrives, which caps the lines in flight (the streaming
-/// stores share those buffers); into L2 it does not.
+/// follow, so these hints carry the DRAM traffic. Each input line is read once (twice in the
+/// backward, within a segment), so it is fetched without displacing the cache's resident data;
+/// `prefetcht1` (into L2) measured up to 2x slower with u8 spikes (docs/PERFORMANCE.md).
 #[inline(always)]
 pub(super) fn prefetch<T>(p: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_NTA};
         let bytes = std::mem::size_of_val(p);
         let base = p.as_ptr() as *const i8;
         let mut k = 0;
         while k < bytes {
             // SAFETY: prefetching is a hint and never faults; the address is inside `p`.
-            unsafe { _mm_prefetch::<_MM_HINT_T1>(base.add(k)) };
+            unsafe { _mm_prefetch::<_MM_HINT_NTA>(base.add(k)) };
             k += 64;
         }
     }
