@@ -3,7 +3,7 @@
 //! second, for the benchmark shapes.
 //! `adex bench` prints the same comparison quickly without criterion.
 
-use candle_adex::bench::{Op, Workload, SHAPES};
+use candle_adex::bench::{Op, Workload, IN_CACHE_SHAPE, SHAPES};
 use candle_core::DType;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
@@ -41,6 +41,22 @@ fn fused(c: &mut Criterion) {
         }
         group.finish();
     }
+    // Neurons held far below threshold: the exponential term at its floor every step, which
+    // must cost no more than ordinary input (no subnormal arithmetic).
+    let (t, b, n) = IN_CACHE_SHAPE;
+    let mut group = c.benchmark_group(format!("T{t}_B{b}_N{n}_hyperpolarized"));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(2));
+    group.throughput(Throughput::Elements((t * b * n) as u64));
+    for (label, shift) in [("ordinary", 0.0), ("hyperpolarized", -170.0)] {
+        let mut w = Workload::new(Op::Seq, DType::F32, (t, b, n))
+            .and_then(|w| w.shifted(shift))
+            .expect("workload");
+        group.bench_function(format!("fused_seq_f32_{label}"), |bench| {
+            bench.iter(|| w.run_fused().expect("fused"))
+        });
+    }
+    group.finish();
 }
 
 criterion_group!(benches, fused);

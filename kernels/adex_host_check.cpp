@@ -6,7 +6,8 @@
 //   bits method alpha c[0..11] v i a x x2 syn has_x2 gz gv gi ga
 //
 // `bits` is 32 or 64 (the precision); every float is given as its bit pattern in decimal. For each
-// record it prints, as bit patterns: z v_new i_new a_new g_ijump g_v g_a surrogate(v) exp(x).
+// record it prints, as bit patterns: z v_new i_new a_new g_ijump g_v g_a surrogate(v) exp(x)
+// tape_e (the membrane's exponential term as the backward's tape holds it, -1 where capped).
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -44,10 +45,11 @@ static bool run(int method) {
     AdexStep<F> s = adex_update(c, v, i_jump, a);
     F i_new = syn ? adex_synapse(c, i_jump) : i;
     AdexGrad<F> g = adex_update_backward(c, method, alpha, v, i_jump, a, gz, gv, gi, ga);
-    F out[9] = {s.z, s.v, i_new, s.a, g.i_jump, g.v, g.a, adex_surrogate(method, alpha, v),
-                adex_exp(x)};
-    for (int k = 0; k < 9; ++k) {
-        std::printf("%llu%c", (unsigned long long)to_bits<F, U>(out[k]), k == 8 ? '\n' : ' ');
+    AdexMembrane<F> m = adex_membrane(c, v, i_jump, a);
+    F out[10] = {s.z, s.v, i_new, s.a, g.i_jump, g.v, g.a, adex_surrogate(method, alpha, v),
+                 adex_exp(x), m.capped ? (F)-1 : m.e};
+    for (int k = 0; k < 10; ++k) {
+        std::printf("%llu%c", (unsigned long long)to_bits<F, U>(out[k]), k == 9 ? '\n' : ' ');
     }
     return true;
 }

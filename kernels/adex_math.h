@@ -76,10 +76,10 @@ ADEX_FN float adex_exp(float x) {
 }
 // 2^x for f32 as (p, s), 2^x = p*s: s = 2^n for the integer n nearest x (the exponent bits),
 // p = 2^f = 1 + f*q(f) for f = x - n in [-1/2, 1/2], q Cephes' degree-5 exp2f polynomial in
-// Estrin form; arguments below -126 raised to -126 (math.rs: exp2_parts_f32).
+// Estrin form; arguments below -100 raised to -100 (math.rs: exp2_parts_f32, EXP2_FLOOR).
 ADEX_FN AdexPow2<float> adex_exp2_parts(float x) {
     const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-    x = x < -126.0f ? -126.0f : x;
+    x = x < -100.0f ? -100.0f : x;
     float n = rint(x);  // ties to even, as the shifter would round
     float t = n + shifter;
     float f = x - n;

@@ -200,6 +200,24 @@ impl Workload {
         })
     }
 
+    /// The same workload with every input current shifted by `shift`: a large negative shift
+    /// (about -170) holds the default neurons far below threshold, where the membrane's
+    /// exponential term is at its floor every step (the hyperpolarized regime).
+    ///
+    /// ```
+    /// use candle_adex::bench::{Op, Workload};
+    /// let mut w = Workload::new(Op::Seq, candle_core::DType::F32, (10, 1, 64))?.shifted(-170.0)?;
+    /// w.run_fused()?;
+    /// # Ok::<(), candle_core::Error>(())
+    /// ```
+    pub fn shifted(mut self, shift: f64) -> Result<Self> {
+        self.xs = (&self.xs + shift)?;
+        if let Some(k) = &mut self.kernels {
+            k.xs.iter_mut().for_each(|x| *x += shift as f32);
+        }
+        Ok(self)
+    }
+
     /// Neuron-steps per call.
     pub fn neuron_steps(&self) -> usize {
         self.t * self.b * self.n

@@ -115,10 +115,12 @@ fn records(count: usize) -> Vec<Record> {
                 rng.range(0.01, 0.5),
                 rng.range(0.0, 0.2),
             ];
-            // Mostly ordinary states, some near threshold, some far past the exp cap.
+            // Mostly ordinary states, some near threshold, some far past the exp cap, some far
+            // below the exponent's floor (math::EXP2_FLOOR).
             let v = match k % 7 {
                 0 => v_th + rng.range(-1e-3, 1e-3),
                 1 => rng.range(50.0, 2000.0),
+                2 => rng.range(-500.0, -20.0),
                 _ => rng.range(-2.0, 3.0),
             };
             Record {
@@ -150,7 +152,7 @@ fn records(count: usize) -> Vec<Record> {
 }
 
 /// The Rust definition on one record, as `f64` (exact for both precisions).
-fn rust_outputs<F: math::Real>(r: &Record) -> [F; 9] {
+fn rust_outputs<F: math::Real>(r: &Record) -> [F; N_OUT] {
     let f = F::from_f64;
     let c = Coef::from_array(r.coef.map(f));
     let [v, i, a, x, x2] = r.state.map(f);
@@ -176,11 +178,12 @@ fn rust_outputs<F: math::Real>(r: &Record) -> [F; 9] {
         g.a,
         math::surrogate::<F, true>(method, alpha, v),
         x.exp::<true>(),
+        math::update_taped::<F, true>(&c, v, i_jump, a).1.e,
     ]
 }
 
 /// Runs the compiled header on `records` in precision `bits` and returns its outputs as f64.
-fn run_header(exe: &PathBuf, bits: u32, recs: &[Record]) -> Vec<[f64; 9]> {
+fn run_header(exe: &PathBuf, bits: u32, recs: &[Record]) -> Vec<[f64; N_OUT]> {
     let to_bits = |x: f64| -> u64 {
         if bits == 32 {
             (x as f32).to_bits() as u64
@@ -225,12 +228,14 @@ fn run_header(exe: &PathBuf, bits: u32, recs: &[Record]) -> Vec<[f64; 9]> {
                     }
                 })
                 .collect();
-            v.try_into().expect("nine outputs")
+            v.try_into().expect("N_OUT outputs")
         })
         .collect()
 }
 
-const NAMES: [&str; 9] = [
+/// The outputs per record, in the order the host driver prints them.
+const N_OUT: usize = 10;
+const NAMES: [&str; N_OUT] = [
     "z",
     "v_new",
     "i_new",
@@ -240,15 +245,21 @@ const NAMES: [&str; 9] = [
     "g_a",
     "surrogate",
     "exp",
+    "tape_e",
 ];
 
 /// Compares bit patterns (NaN equal to NaN), reporting the first mismatches.
-fn assert_same(bits: u32, recs: &[Record], got: &[[f64; 9]], want: impl Fn(&Record) -> [f64; 9]) {
+fn assert_same(
+    bits: u32,
+    recs: &[Record],
+    got: &[[f64; N_OUT]],
+    want: impl Fn(&Record) -> [f64; N_OUT],
+) {
     assert_eq!(got.len(), recs.len(), "one output line per record");
     let mut bad = Vec::new();
     for (k, (r, g)) in recs.iter().zip(got).enumerate() {
         let w = want(r);
-        for j in 0..9 {
+        for j in 0..N_OUT {
             let same = g[j].to_bits() == w[j].to_bits() || (g[j].is_nan() && w[j].is_nan());
             if !same && bad.len() < 10 {
                 bad.push(format!(

@@ -390,17 +390,24 @@ pub(crate) fn exp_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> V {
     y * t.pow2_shifted()
 }
 
+/// The least exponent [`exp2_parts_f32`] evaluates: far enough below 0 that the membrane's
+/// exponential term `2^x * c_exp` there is below half an ulp of any membrane value it is added
+/// to (unless that is itself below about `2^-76 * c_exp`), and high enough that the term stays a
+/// normal number for any `c_exp` above `2^-26`. At -126, strongly hyperpolarized neurons made
+/// subnormal products every step, which some CPUs execute a hundred times slower.
+pub(crate) const EXP2_FLOOR: f32 = -100.0;
+
 /// Branch-free `2^x` for f32 lanes, `x <= 127`, as `(p, s)` with `2^x = p*s`: `s = 2^n` for the
 /// integer `n` nearest `x` (built in the exponent bits), `p = 2^f = 1 + f*q(f)` for `f = x - n`
 /// (exact) in `[-1/2, 1/2]`, `q` Cephes' degree-5 `exp2f` polynomial in Estrin form (relative
-/// error about 1.7e-7, i.e. about 1 ulp). Arguments below -126 are raised to -126 so that `s`
-/// stays a normal number. The membrane keeps `p` and `s` apart: `s` joins the coefficient it
-/// multiplies off the critical path.
+/// error about 1.7e-7, i.e. about 1 ulp). Arguments below [`EXP2_FLOOR`] are raised to it. The
+/// membrane keeps `p` and `s` apart: `s` joins the coefficient it multiplies off the critical
+/// path.
 #[inline(always)]
 pub(crate) fn exp2_parts_f32<V: Lanes<S = f32>, const FMA: bool>(x: V) -> (V, V) {
     let c = V::splat;
     const SHIFTER: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let x = V::select(x.lt(c(-126.0)), c(-126.0), x);
+    let x = V::select(x.lt(c(EXP2_FLOOR)), c(EXP2_FLOOR), x);
     // n by one rounding instruction where the instruction set has one (FMA marks AVX2,
     // AVX-512 and aarch64), else by the shifter; both give the nearest integer, ties to even.
     let (n, t) = if FMA {
