@@ -165,7 +165,7 @@ fn rust_outputs<F: math::Real>(r: &Record) -> [F; N_OUT] {
         (true, false) => i + x,
         (true, true) => (i + x) + x2,
     };
-    let (z, vn, an) = math::update::<F, true>(&c, v, i_jump, a);
+    let ((z, vn, an), tape) = math::update_taped::<F, true>(&c, v, i_jump, a);
     let i_new = if r.syn { math::synapse(&c, i_jump) } else { i };
     let g = math::update_backward::<F, true>(&c, method, alpha, v, i_jump, a, gz, gv, gi, ga);
     [
@@ -178,7 +178,7 @@ fn rust_outputs<F: math::Real>(r: &Record) -> [F; N_OUT] {
         g.a,
         math::surrogate::<F, true>(method, alpha, v),
         x.exp::<true>(),
-        math::update_taped::<F, true>(&c, v, i_jump, a).1.e,
+        tape.e,
     ]
 }
 

@@ -54,8 +54,8 @@ pub(super) fn load_init<F: Real>(src: &AnyInit, (m0, len): (usize, usize), dst: 
 /// A block's row segment of an input as `BLOCK` lanes: with `in_place`, the row itself where it
 /// is a full block in the compute precision, else converted into `buf` and zero-padded.
 ///
-/// Rows streamed from DRAM are better copied: the copy loop keeps
-/// many misses in flight, while the lane loop, read in place, would wait on each.
+/// Rows streamed from DRAM are better copied: the copy loop keeps many misses in flight, while
+/// the lane loop, read in place, would wait on each.
 #[inline(always)]
 pub(super) fn row_in<'s, F: Native>(
     src: &AnySlice<'s>,
