@@ -213,7 +213,12 @@ impl Workload {
     pub fn shifted(mut self, shift: f64) -> Result<Self> {
         self.xs = (&self.xs + shift)?;
         if let Some(k) = &mut self.kernels {
-            k.xs.iter_mut().for_each(|x| *x += shift as f32);
+            // Derived from the shifted tensor as `new` derives it, so both paths see one input.
+            k.xs = self
+                .xs
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
         }
         Ok(self)
     }

@@ -228,7 +228,7 @@ fn run_header(exe: &PathBuf, bits: u32, recs: &[Record]) -> Vec<[f64; N_OUT]> {
                     }
                 })
                 .collect();
-            v.try_into().expect("N_OUT outputs")
+            v.try_into().expect("one value per output name")
         })
         .collect()
 }
